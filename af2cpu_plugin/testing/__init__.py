@@ -1,0 +1,1 @@
+"""Helpers for comparing engine modules with ColabFold's haiku modules (the oracle)."""

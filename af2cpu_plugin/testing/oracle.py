@@ -1,0 +1,58 @@
+"""Run a haiku module from ColabFold's AlphaFold as the reference.
+
+``haiku_reference(build, *inputs)`` initialises the module inside
+``hk.transform`` with ``zero_init=False`` style configs, perturbs the
+constant arrays (see :mod:`af2cpu_plugin.random_params`), applies it in fp32
+and returns ``(flat_params, output)``. The flat params use full haiku keys
+(``scope//name``), ready for :func:`af2cpu_plugin.engine.params.bind_params`
+with ``root`` set to the module's scope.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Tuple
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+
+from ..random_params import perturb_constant_arrays
+
+
+def fp32_global_config(**overrides: Any):
+    """ColabFold's global_config for a monomer model, made fp32 and non-zero-init."""
+    from alphafold.model import config
+
+    gc = config.model_config("model_3_ptm").model.global_config
+    gc.bfloat16 = False
+    gc.zero_init = False
+    gc.eval_dropout = False
+    for k, v in overrides.items():
+        gc[k] = v
+    return gc
+
+
+def haiku_reference(build: Callable[..., Any], *inputs: np.ndarray, seed: int = 0) -> Tuple[Dict[str, np.ndarray], Any]:
+    """Init + perturb + apply ``build(*inputs)`` under hk.transform; fp32."""
+    import haiku as hk
+    import jax
+
+    fn = hk.transform(build)
+    key = jax.random.PRNGKey(seed)
+    params = fn.init(key, *inputs)
+    flat = {f"{scope}//{name}": np.asarray(v) for scope, d in params.items() for name, v in d.items()}
+    flat = perturb_constant_arrays(flat, seed=seed)
+    nested: Dict[str, Dict[str, np.ndarray]] = {}
+    for k, v in flat.items():
+        scope, name = k.split("//")
+        nested.setdefault(scope, {})[name] = v
+    out = jax.jit(fn.apply)(nested, key, *inputs)
+    out = jax.tree_util.tree_map(np.asarray, out)
+    return flat, out
+
+
+def max_mean_abs(a: Any, b: Any) -> Tuple[float, float]:
+    """max and mean |a-b| (both as float64 numpy)."""
+    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    return float(d.max()), float(d.mean())
