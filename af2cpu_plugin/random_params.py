@@ -44,3 +44,178 @@ def perturb_constant_arrays(flat: Mapping[str, np.ndarray], seed: int = 0) -> Di
                 a = a + rng.normal(0.0, GATING_WEIGHT_STD, a.shape).astype(np.float32)
         out[key] = a
     return out
+
+
+# ---------------------------------------------------------------------------
+# Whole models in the exact npz format of the released AlphaFold2 weights.
+# ---------------------------------------------------------------------------
+
+#: Bumped whenever the arrays that make_random_params produces change, so the
+#: test cache (af2cpu_plugin.testing.params_cache) regenerates its files.
+RANDOM_PARAMS_FORMAT_VERSION = 1
+
+MONOMER_MODEL_TYPES = ("alphafold2_ptm", "alphafold2")
+MONOMER_DOWNLOAD_MARKER = "download_finished.txt"  # colabfold.download.download_alphafold_params
+
+# Tiny problem used to trace the model during haiku init (shapes of params do
+# not depend on it).
+_INIT_NUM_RES = 8
+_INIT_NUM_MSA = 4
+_INIT_NUM_EXTRA = 4
+_INIT_NUM_TEMPLATES = 1
+
+
+def params_file_name(model_type: str, model_number: int) -> str:
+    """The file ColabFold reads for a monomer model (colabfold.alphafold.models)."""
+    if model_type == "alphafold2_ptm":
+        return f"params_model_{model_number}_ptm.npz"
+    if model_type == "alphafold2":
+        return f"params_model_{model_number}.npz"
+    raise ValueError(f"random params support model types {MONOMER_MODEL_TYPES}, not {model_type!r}")
+
+
+def config_name(model_type: str, model_number: int) -> str:
+    """alphafold.model.config name: model_N_ptm or model_N."""
+    if model_number not in (1, 2, 3, 4, 5):
+        raise ValueError(f"model_number must be 1..5, not {model_number!r}")
+    params_file_name(model_type, model_number)  # validates model_type
+    return f"model_{model_number}_ptm" if model_type == "alphafold2_ptm" else f"model_{model_number}"
+
+
+def random_init_config(model_type: str, model_number: int):
+    """ColabFold's config for the model, fp32, non-zero init, unfused triangle multiplication."""
+    from alphafold.model import config
+
+    cfg = config.model_config(config_name(model_type, model_number))
+    gc = cfg.model.global_config
+    gc.zero_init = False
+    gc.bfloat16 = False
+    gc.eval_dropout = False
+    # RunModel sets these two (extended_ptm_config); AlphaFold_noE reads them.
+    cfg.model.calc_extended_ptm = False
+    cfg.model.use_probs_extended = False
+    evo = cfg.model.embeddings_and_evoformer
+    for stack in (evo.evoformer, evo.template.template_pair_stack):
+        stack.triangle_multiplication_incoming.fuse_projection_weights = False
+        stack.triangle_multiplication_outgoing.fuse_projection_weights = False
+    return cfg
+
+
+def _dummy_batch(with_templates: bool) -> Dict[str, np.ndarray]:
+    """A minimal single-ensemble feature dict that AlphaFold_noE can trace."""
+    from alphafold.common import residue_constants as rc
+
+    n, s, e, t = _INIT_NUM_RES, _INIT_NUM_MSA, _INIT_NUM_EXTRA, _INIT_NUM_TEMPLATES
+    rng = np.random.default_rng(0)
+    aatype = rng.integers(0, 20, n).astype(np.int32)
+    atom14_exists = rc.restype_atom14_mask[aatype].astype(np.float32)
+    atom37_exists = rc.restype_atom37_mask[aatype].astype(np.float32)
+    to37 = np.array([[rc.atom_order[a] if a else 0 for a in rc.restype_name_to_atom14_names[rc.restype_1to3[r]]]
+                     for r in rc.restypes] + [[0] * 14], np.int32)
+    to14 = np.zeros((21, 37), np.int32)
+    for r_idx, r in enumerate(rc.restypes):
+        for i, a in enumerate(rc.restype_name_to_atom14_names[rc.restype_1to3[r]]):
+            if a:
+                to14[r_idx, rc.atom_order[a]] = i
+    batch: Dict[str, np.ndarray] = {
+        "aatype": aatype,
+        "residue_index": np.arange(n, dtype=np.int32),
+        "seq_length": np.array(n, np.int32),
+        "seq_mask": np.ones(n, np.float32),
+        "target_feat": np.eye(22, dtype=np.float32)[aatype + 1],
+        "msa_feat": rng.random((s, n, 49)).astype(np.float32),
+        "msa_mask": np.ones((s, n), np.float32),
+        "extra_msa": rng.integers(0, 21, (e, n)).astype(np.int32),
+        "extra_msa_mask": np.ones((e, n), np.float32),
+        "extra_has_deletion": np.zeros((e, n), np.float32),
+        "extra_deletion_value": np.zeros((e, n), np.float32),
+        "atom14_atom_exists": atom14_exists,
+        "atom37_atom_exists": atom37_exists,
+        "residx_atom14_to_atom37": to37[aatype],
+        "residx_atom37_to_atom14": to14[aatype],
+    }
+    if with_templates:
+        batch.update({
+            "template_aatype": np.tile(aatype, (t, 1)),
+            "template_mask": np.ones(t, np.float32),
+            "template_all_atom_positions": rng.normal(0, 5, (t, n, 37, 3)).astype(np.float32),
+            "template_all_atom_masks": np.tile(atom37_exists, (t, 1, 1)),
+            "template_pseudo_beta": rng.normal(0, 5, (t, n, 3)).astype(np.float32),
+            "template_pseudo_beta_mask": np.ones((t, n), np.float32),
+        })
+    return batch
+
+
+def model_seed(model_type: str, model_number: int, seed: int) -> int:
+    """Independent seeds per (model type, model number, seed), so all ten files differ."""
+    ss = np.random.SeedSequence([int(seed), int(model_number), MONOMER_MODEL_TYPES.index(model_type)])
+    return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def make_random_params(model_type: str, model_number: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Random weights for ``params_model_N[_ptm].npz``: flat ``scope//name`` -> float32 array.
+
+    haiku init of ColabFold's monomer model (``modules.AlphaFold_noE``, what
+    RunModel builds for ``num_ensemble=1``) with the real config, fp32,
+    ``zero_init=False`` and the *unfused* triangle multiplication layout of
+    the released monomer files; then :func:`perturb_constant_arrays`.
+    Models 1 and 2 carry the template embedding arrays; the non-pTM
+    ``alphafold2`` models lack the predicted_aligned_error head.
+    """
+    import os
+
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import haiku as hk
+    import jax
+    from alphafold.model import modules
+
+    cfg = random_init_config(model_type, model_number)
+    batch = _dummy_batch(cfg.model.embeddings_and_evoformer.template.enabled)
+
+    def forward(b):
+        return modules.AlphaFold_noE(cfg.model)(b, is_training=False)
+
+    s = model_seed(model_type, model_number, seed)
+    init = jax.jit(hk.transform(forward).init)
+    params = init(jax.random.PRNGKey(s), batch)
+    flat = {f"{scope}//{name}": np.asarray(v, np.float32) for scope, d in params.items() for name, v in d.items()}
+    return perturb_constant_arrays(flat, seed=s)
+
+
+def _atomic_savez(path, arrays: Mapping[str, np.ndarray]) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the real files are world-readable
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_random_params(data_dir, model_type: str = "alphafold2_ptm", models=(1, 2, 3, 4, 5), seed: int = 0):
+    """Write ``<data_dir>/params/params_model_N[_ptm].npz`` for ``models`` plus ColabFold's marker.
+
+    Files that already exist are kept. The marker (``download_finished.txt``,
+    as in ``colabfold.download.download_alphafold_params``) makes ColabFold
+    skip the download. Returns the list of npz paths.
+    """
+    from pathlib import Path
+
+    params_dir = Path(data_dir) / "params"
+    params_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in models:
+        path = params_dir / params_file_name(model_type, int(n))
+        if not path.exists():
+            _atomic_savez(str(path), make_random_params(model_type, int(n), seed))
+        paths.append(path)
+    marker = params_dir / MONOMER_DOWNLOAD_MARKER
+    if not marker.exists():
+        marker.write_text("")
+    return paths

@@ -27,6 +27,14 @@ class LayerStack(nn.ModuleList):
     """Identical layers whose parameters haiku stores stacked on axis 0."""
 
 
+class Scopeless(nn.Module):
+    """A grouping with no haiku scope of its own: its children sit in the parent's scope.
+
+    Lets the engine group parameters by algorithm (``InputEmbedder``,
+    ``RecyclingEmbedder``) where haiku kept them flat in one scope.
+    """
+
+
 class ParamsMismatch(ValueError):
     """The params do not fit the model: names the missing, unexpected and mis-shaped arrays."""
 
@@ -51,6 +59,8 @@ def _walk(
         if isinstance(child, LayerStack):
             for i, layer in enumerate(child):
                 yield from _walk(layer, f"{scope}/{name}", stack + (i,))
+        elif isinstance(child, Scopeless):
+            yield from _walk(child, scope, stack)
         else:
             yield from _walk(child, f"{scope}/{name}", stack)
 

@@ -1,0 +1,119 @@
+"""Input, relative-position, recycling and extra-MSA embedders.
+
+Haiku keeps these parameters flat in the ``evoformer`` scope; here each
+algorithm of the paper is its own class, registered as :class:`Scopeless` so
+the parameter names stay haiku's.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from alphafold.common import residue_constants
+
+from .params import Scopeless
+from .primitives import LayerNorm, Linear
+
+_GLY = residue_constants.restype_order["G"]
+_CA = residue_constants.atom_order["CA"]
+_CB = residue_constants.atom_order["CB"]
+
+
+def _linear_on_one_hot(linear: Linear, index: torch.Tensor) -> torch.Tensor:
+    """``linear(one_hot(index))`` as a row gather: the same numbers, no one-hot tensor."""
+    return linear.weights[index] + linear.bias
+
+
+class RelativePositionEncoding(Scopeless):
+    """Suppl. Alg. 4 "relpos" with ColabFold's chain masking.
+
+    Offsets are clipped to ±max_relative_feature. ColabFold folds complexes
+    (``A:B``) with monomer models by setting every cross-chain offset to the
+    extreme bin, by the sign of the chain-id difference.
+    """
+
+    def __init__(self, max_relative_feature: int, pair_channel: int) -> None:
+        super().__init__()
+        self.max_relative_feature = max_relative_feature
+        self.pair_activiations = Linear(2 * max_relative_feature + 1, pair_channel)  # (sic) haiku name
+
+    def forward(self, residue_index: torch.Tensor, asym_id: Optional[torch.Tensor]) -> torch.Tensor:
+        r = self.max_relative_feature
+        offset = (residue_index[:, None] - residue_index[None, :]).long()
+        offset = torch.clamp(offset + r, 0, 2 * r)
+        if asym_id is not None:
+            chain = (asym_id[:, None] - asym_id[None, :])
+            cross = torch.where(chain > 0, torch.full_like(offset, 2 * r), torch.zeros_like(offset))
+            offset = torch.where(chain == 0, offset, cross)
+        return _linear_on_one_hot(self.pair_activiations, offset)
+
+
+class InputEmbedder(Scopeless):
+    """Suppl. Alg. 3 "InputEmbedder": target and MSA features to m and z."""
+
+    def __init__(self, target_feat_dim: int, msa_feat_dim: int, msa_channel: int, pair_channel: int,
+                 max_relative_feature: int) -> None:
+        super().__init__()
+        self.preprocess_1d = Linear(target_feat_dim, msa_channel)
+        self.preprocess_msa = Linear(msa_feat_dim, msa_channel)
+        self.left_single = Linear(target_feat_dim, pair_channel)
+        self.right_single = Linear(target_feat_dim, pair_channel)
+        self.relpos = RelativePositionEncoding(max_relative_feature, pair_channel)
+
+    def forward(self, target_feat: torch.Tensor, msa_feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        msa = self.preprocess_1d(target_feat).unsqueeze(0) + self.preprocess_msa(msa_feat)
+        pair = self.left_single(target_feat)[:, None] + self.right_single(target_feat)[None]
+        return msa, pair
+
+
+def pseudo_beta(aatype: torch.Tensor, atom37_positions: torch.Tensor) -> torch.Tensor:
+    """Cβ position (Cα for glycine), as modules.pseudo_beta_fn."""
+    is_gly = (aatype == _GLY)[..., None]
+    return torch.where(is_gly, atom37_positions[..., _CA, :], atom37_positions[..., _CB, :])
+
+
+def distogram_one_hot(positions: torch.Tensor, num_bins: int, min_bin: float, max_bin: float) -> torch.Tensor:
+    """One-hot distance bins between all pairs (modules.dgram_from_positions)."""
+    lower = torch.linspace(min_bin, max_bin, num_bins, dtype=torch.float32) ** 2
+    upper = torch.cat([lower[1:], lower.new_tensor([1e8])])
+    dist2 = ((positions[:, None, :] - positions[None, :, :]) ** 2).sum(-1, keepdim=True)
+    return ((dist2 > lower) & (dist2 < upper)).to(torch.float32)
+
+
+class RecyclingEmbedder(Scopeless):
+    """Suppl. Alg. 32 "RecyclingEmbedder": previous m[0], z and Cβ distances."""
+
+    def __init__(self, prev_pos_config, msa_channel: int, pair_channel: int) -> None:
+        super().__init__()
+        self.prev_pos_config = prev_pos_config
+        self.prev_pos_linear = Linear(prev_pos_config.num_bins, pair_channel)
+        self.prev_msa_first_row_norm = LayerNorm(msa_channel)
+        self.prev_pair_norm = LayerNorm(pair_channel)
+
+    def forward(self, msa, pair, aatype, prev_pos, prev_msa_first_row, prev_pair) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Add the recycled terms to m and z, in haiku's order of additions."""
+        c = self.prev_pos_config
+        dgram = distogram_one_hot(pseudo_beta(aatype, prev_pos), c.num_bins, c.min_bin, c.max_bin)
+        pair = pair + self.prev_pos_linear(dgram)
+        msa = torch.cat([msa[:1] + self.prev_msa_first_row_norm(prev_msa_first_row), msa[1:]], dim=0)
+        pair = pair + self.prev_pair_norm(prev_pair)
+        return msa, pair
+
+
+class ExtraMsaEmbedder(Scopeless):
+    """Suppl. Alg. 2 line 15: one-hot extra MSA + deletion features to e."""
+
+    NUM_CLASSES = 23  # 20 amino acids, X, gap, BERT mask
+
+    def __init__(self, extra_msa_channel: int) -> None:
+        super().__init__()
+        self.extra_msa_activations = Linear(self.NUM_CLASSES + 2, extra_msa_channel)
+
+    def forward(self, extra_msa, extra_has_deletion, extra_deletion_value) -> torch.Tensor:
+        w = self.extra_msa_activations.weights
+        act = w[: self.NUM_CLASSES][extra_msa.long()]
+        act = act + extra_has_deletion[..., None] * w[self.NUM_CLASSES]
+        act = act + extra_deletion_value[..., None] * w[self.NUM_CLASSES + 1]
+        return act + self.extra_msa_activations.bias

@@ -1,0 +1,48 @@
+"""Triangle self-attention around a pair-representation node (modules.TriangleAttention).
+
+Jumper et al. (2021) Suppl. Alg. 13 "TriangleAttentionStartingNode" (orientation
+``per_row``) and Suppl. Alg. 14 "TriangleAttentionEndingNode" (``per_column``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .chunking import subbatched
+from .primitives import Attention, LayerNorm, empty_param, mask_to_bias
+
+
+class TriangleAttention(nn.Module):
+    """Suppl. Alg. 13 / 14: rows (or columns) of the pair attend, biased by the pair."""
+
+    def __init__(self, config, pair_channel: int) -> None:
+        super().__init__()
+        assert config.orientation in ("per_row", "per_column")
+        self.per_column = config.orientation == "per_column"
+        self.query_norm = LayerNorm(pair_channel)
+        self.feat_2d_weights = empty_param(pair_channel, config.num_head)
+        self.attention = Attention(
+            pair_channel,
+            pair_channel,
+            pair_channel,
+            config.num_head,
+            gating=config.gating,
+            key_dim=config.get("key_dim", pair_channel),
+            value_dim=config.get("value_dim", pair_channel),
+        )
+
+    def forward(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        """pair_act [R, R, c_z], pair_mask [R, R] -> update [R, R, c_z]."""
+        if self.per_column:
+            pair_act = pair_act.transpose(0, 1)
+            pair_mask = pair_mask.transpose(0, 1)
+        bias = mask_to_bias(pair_mask)[:, None, None, :]
+        pair_act = self.query_norm(pair_act)
+        nonbatched_bias = torch.einsum("qkc,ch->hqk", pair_act, self.feat_2d_weights)
+        out = subbatched(
+            lambda x, b, nb: self.attention(x, x, b, nb), [pair_act, bias], [nonbatched_bias]
+        )
+        if self.per_column:
+            out = out.transpose(0, 1)
+        return out

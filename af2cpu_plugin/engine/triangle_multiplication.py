@@ -1,0 +1,75 @@
+"""Triangle multiplicative update of the pair representation, fused layout.
+
+Mirrors ``modules.TriangleMultiplication._fused_triangle_multiplication``
+(ColabFold with ``fuse_projection_weights=True``):
+Jumper et al. (2021) Suppl. Alg. 11 "TriangleMultiplicationOutgoing"
+(equation ``ikc,jkc->ijc``) and Suppl. Alg. 12 "TriangleMultiplicationIncoming"
+(``kjc,kic->ijc``).
+
+``projection`` and ``gate`` have width ``2c``: the left projection is the first
+``c`` output channels and the right one the last ``c`` (concatenated halves,
+not interleaved). The mask multiplies the projection before the sigmoid gate;
+the gate itself is not masked, as in haiku.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .primitives import LayerNorm, Linear
+
+_OUTGOING = "ikc,jkc->ijc"
+_INCOMING = "kjc,kic->ijc"
+
+
+class TriangleMultiplication(nn.Module):
+    """Suppl. Alg. 11 / 12, fused projection weights."""
+
+    def __init__(self, config, pair_channel: int) -> None:
+        super().__init__()
+        equation = config.equation.replace(" ", "")
+        if equation not in (_OUTGOING, _INCOMING):
+            raise ValueError(f"unsupported triangle multiplication equation {config.equation!r}")
+        if not config.get("fuse_projection_weights", True):
+            raise ValueError("only the fused layout is served; convert unfused params first")
+        self.outgoing = equation == _OUTGOING
+        ci = config.num_intermediate_channel
+        self.num_intermediate_channel = ci
+        self.left_norm_input = LayerNorm(pair_channel)
+        self.projection = Linear(pair_channel, 2 * ci)
+        self.gate = Linear(pair_channel, 2 * ci)
+        self.center_norm = LayerNorm(ci)
+        self.output_projection = Linear(ci, pair_channel)
+        self.gating_linear = Linear(pair_channel, pair_channel)
+
+    @staticmethod
+    def _channel_major(lin: Linear, x_t: torch.Tensor) -> torch.Tensor:
+        """``lin(x)`` for x given as ``[c_in, N*N]``, returned channel-major ``[c_out, N*N]``."""
+        return torch.matmul(lin.weights.t(), x_t) + lin.bias[:, None]
+
+    def forward(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        """pair_act [R, R, c_z], pair_mask [R, R] -> update [R, R, c_z]."""
+        n0, n1, cz = pair_act.shape
+        ci = self.num_intermediate_channel
+        act = self.left_norm_input(pair_act)
+        act_t = act.reshape(n0 * n1, cz).t()  # [c_z, N*N], a view: matmul reads it transposed
+        mask = pair_mask.to(act.dtype).reshape(1, n0 * n1)
+
+        # Channel-major [2c, N*N] so the triangle contraction is a bmm over channels.
+        proj = self._channel_major(self.projection, act_t)
+        proj = proj * mask
+        proj = proj * torch.sigmoid(self._channel_major(self.gate, act_t))
+        left = proj[:ci].reshape(ci, n0, n1)
+        right = proj[ci:].reshape(ci, n0, n1)
+        if self.outgoing:
+            # out[c, i, j] = sum_k left[c, i, k] * right[c, j, k]
+            tri = torch.bmm(left, right.transpose(1, 2))
+        else:
+            # out[c, i, j] = sum_k left[c, k, j] * right[c, k, i]
+            tri = torch.bmm(right.transpose(1, 2), left)
+        del proj, left, right
+
+        out = self.center_norm(tri.permute(1, 2, 0))
+        out = self.output_projection(out)
+        return out * torch.sigmoid(self.gating_linear(act))

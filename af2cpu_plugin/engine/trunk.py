@@ -1,0 +1,67 @@
+"""Embeddings and the Evoformer trunk (Suppl. Alg. 2 "Inference", lines 5-18)."""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import torch
+from torch import nn
+
+from .embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder
+from .evoformer import EvoformerStack
+from .primitives import Linear
+
+# Feature widths fixed by AlphaFold's input pipeline.
+TARGET_FEAT_DIM = 22
+MSA_FEAT_DIM = 49
+
+
+class EmbeddingsAndEvoformer(nn.Module):
+    """Embeds features, recycles the previous pass, runs the extra-MSA stack
+    (Suppl. Alg. 18) and the Evoformer (Alg. 6), and projects the single
+    representation. Haiku scope: ``evoformer``.
+    """
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        if config.template.enabled:
+            raise NotImplementedError("template embedding is not implemented in the cpu engine yet")
+        self.config = config
+        c = config
+        self.input_embedder = InputEmbedder(TARGET_FEAT_DIM, MSA_FEAT_DIM, c.msa_channel, c.pair_channel,
+                                            c.max_relative_feature)
+        self.recycling_embedder = RecyclingEmbedder(c.prev_pos, c.msa_channel, c.pair_channel)
+        self.extra_msa_embedder = ExtraMsaEmbedder(c.extra_msa_channel)
+        self.extra_msa_stack = EvoformerStack(c.evoformer, c.extra_msa_stack_num_block,
+                                              c.extra_msa_channel, c.pair_channel, is_extra_msa=True)
+        self.evoformer_iteration = EvoformerStack(c.evoformer, c.evoformer_num_block,
+                                                  c.msa_channel, c.pair_channel, is_extra_msa=False)
+        self.single_activations = Linear(c.msa_channel, c.seq_channel)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        c = self.config
+        msa, pair = self.input_embedder(batch["target_feat"], batch["msa_feat"])
+        if c.recycle_pos or c.recycle_features:
+            # ColabFold's configs always set both; the haiku code gates each.
+            assert c.recycle_pos and c.recycle_features, "partial recycling configs are not supported"
+            msa, pair = self.recycling_embedder(msa, pair, batch["aatype"], batch["prev_pos"],
+                                                batch["prev_msa_first_row"], batch["prev_pair"])
+        if c.max_relative_feature:
+            pair = pair + self.input_embedder.relpos(batch["residue_index"], batch.get("asym_id"))
+
+        seq_mask = batch["seq_mask"]
+        pair_mask = seq_mask[:, None] * seq_mask[None, :]
+
+        extra = self.extra_msa_embedder(batch["extra_msa"], batch["extra_has_deletion"],
+                                        batch["extra_deletion_value"])
+        _, pair = self.extra_msa_stack(extra, pair, batch["extra_msa_mask"], pair_mask)
+        del extra
+
+        msa, pair = self.evoformer_iteration(msa, pair, batch["msa_mask"], pair_mask)
+        num_sequences = batch["msa_feat"].shape[0]
+        return {
+            "single": self.single_activations(msa[0]),
+            "pair": pair,
+            "msa": msa[:num_sequences],
+            "msa_first_row": msa[0],
+        }

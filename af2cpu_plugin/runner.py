@@ -1,0 +1,169 @@
+"""The cpu backend's model runner: ColabFold's ``RunModel`` contract on the torch engine.
+
+ColabFold builds one runner per architecture, reassigns ``runner.params`` for
+each model, calls ``process_features`` (its numpy pipeline, unchanged) and
+then ``predict``. ``predict`` is the same recycle loop as
+``alphafold.model.model.RunModel.predict``: ``prev`` travels between passes
+as float16, outputs are cast to float16, the callback sees every pass, and the
+loop stops early on ``stop_at_score`` or on ``tol``. Confidence numbers
+(pLDDT, PAE, pTM, ipTM, tol) come from ColabFold's own
+``alphafold.common.confidence`` functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from alphafold.common import confidence
+
+from .engine.model import AlphaFoldIteration
+from .engine.params import bind_params
+from .engine.policy import RuntimePolicy
+
+logger = logging.getLogger(__name__)
+
+PREV_SHAPES = {"prev_msa_first_row": (256,), "prev_pair": (128,)}
+
+
+class UnsupportedConfig(ValueError):
+    """A ColabFold configuration the cpu engine does not serve (yet)."""
+
+
+def _to_torch(value: np.ndarray) -> torch.Tensor:
+    array = np.asarray(value)
+    if np.issubdtype(array.dtype, np.floating):
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if np.issubdtype(array.dtype, np.bool_):
+        return torch.from_numpy(array.astype(np.float32))
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+
+
+def _to_numpy(tree: Any) -> Any:
+    """Tensors (nested in dicts) -> fp32 numpy, for ColabFold's confidence functions."""
+    if isinstance(tree, Mapping):
+        return {k: _to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().float().numpy() if tree.is_floating_point() else tree.numpy()
+    return tree
+
+
+def _to_float16(tree: Any) -> Any:
+    """ColabFold's RunModel casts every output leaf to float16."""
+    if isinstance(tree, Mapping):
+        return {k: _to_float16(v) for k, v in tree.items()}
+    return np.asarray(tree, np.float16)
+
+
+class CpuRunModel:
+    """Drop-in for ``alphafold.model.model.RunModel`` (monomer), computed by torch on the CPU."""
+
+    def __init__(self, config, params: Optional[Mapping] = None, is_training: bool = False,
+                 extended_ptm_config: Optional[Mapping] = None, jit_kwargs: Optional[Mapping] = None,
+                 policy: Optional[RuntimePolicy] = None) -> None:
+        del jit_kwargs  # XLA compiler options; nothing to compile here
+        if is_training:
+            raise UnsupportedConfig("the cpu engine is inference-only")
+        self.config = config
+        self.multimer_mode = bool(config.model.global_config.multimer_mode)
+        if self.multimer_mode:
+            raise UnsupportedConfig("multimer models are not yet served by --backend cpu")
+        if config.data.eval.num_ensemble != 1:
+            raise UnsupportedConfig("--num-ensemble > 1 is not yet served by --backend cpu")
+        ext = extended_ptm_config or {}
+        self.config.model.calc_extended_ptm = bool(ext.get("calc_extended_ptm", False))
+        self.config.model.use_probs_extended = bool(ext.get("use_probs_extended", False))
+        self.policy = policy or RuntimePolicy()
+        if self.policy.precision != "fp32":
+            raise UnsupportedConfig("bf16 is not yet available on --backend cpu; use --precision fp32")
+        self.model = AlphaFoldIteration(config.model).eval()
+        self._params: Optional[Mapping] = None
+        if params is not None:
+            self.params = params
+
+    @property
+    def params(self) -> Optional[Mapping]:
+        return self._params
+
+    @params.setter
+    def params(self, params: Mapping) -> None:
+        # ColabFold swaps models by assigning params; binding is a reference swap, not a copy.
+        bind_params(self.model, params)
+        self._params = params
+
+    def process_features(self, raw_features, random_seed: int):
+        """ColabFold's own numpy feature pipeline, unchanged."""
+        from alphafold.model import features
+
+        return features.np_example_to_features(np_example=raw_features, config=self.config,
+                                               random_seed=random_seed)
+
+    def forward_pass(self, feat: Mapping[str, np.ndarray], prev: Mapping[str, np.ndarray]
+                     ) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+        """One recycling pass in fp32: (result with confidence metrics, next prev).
+
+        ``feat`` holds one pass's features (no recycle dim). ``predict`` casts
+        both to float16, as ColabFold's runner does; parity checks read them
+        before that cast.
+        """
+        batch = {k: _to_torch(v) for k, v in feat.items()}
+        batch.update({k: _to_torch(v) for k, v in prev.items()})  # float16 -> float32, as AlphaFold_noE
+        ret = self.model(batch)
+        ret = _to_numpy(ret)
+        reps = ret.pop("representations")
+        new_prev = {
+            "prev_msa_first_row": reps["msa_first_row"],
+            "prev_pair": reps["pair"],
+            "prev_pos": ret["structure_module"]["final_atom_positions"],
+        }
+        seq_mask = feat["seq_mask"].astype(np.float32)
+        ret.update(confidence.get_confidence_metrics(
+            prediction_result=ret, mask=seq_mask, rank_by=self.config.model.rank_by,
+            keep_pae=self.config.model.calc_extended_ptm, use_jnp=False))
+        ret["tol"] = confidence.compute_tol(np.asarray(prev["prev_pos"], np.float32), new_prev["prev_pos"],
+                                            seq_mask, use_jnp=False)
+        return ret, new_prev
+
+    def predict(self, feat: Mapping[str, np.ndarray], random_seed: int = 0,
+                return_representations: bool = False,
+                callback: Optional[Callable[[Dict[str, Any], int], Any]] = None) -> Tuple[Dict[str, Any], int]:
+        """ColabFold's recycle loop (alphafold.model.model.RunModel.predict) on the torch engine.
+
+        The monomer model draws no random numbers at inference (features are
+        resampled per recycle by the feature pipeline), so ``random_seed``
+        only matters to the pipeline, as in the JAX runner.
+        """
+        if self._params is None:
+            raise UnsupportedConfig("no params assigned to the runner")
+        num_iters = self.config.model.num_recycle + 1
+        L = feat["aatype"].shape[1]
+        prev = {k: np.zeros((L, L, *s) if k == "prev_pair" else (L, *s), np.float16)
+                for k, s in PREV_SHAPES.items()}
+        if "all_atom_positions" in feat:
+            logger.info("INFO: using provided all_atom_positions as initial guess")
+            prev["prev_pos"] = np.asarray(feat["all_atom_positions"], np.float16)
+        else:
+            prev["prev_pos"] = np.zeros((L, 37, 3), np.float16)
+
+        threads = self.policy.threads
+        if threads:
+            torch.set_num_threads(threads)
+        result: Dict[str, Any] = {}
+        r = 0
+        with torch.inference_mode(), self.policy.active():
+            for r in range(num_iters):
+                sub_feat = {k: v[r] for k, v in feat.items()}
+                result, prev = self.forward_pass(sub_feat, prev)
+                result, prev = _to_float16(result), _to_float16(prev)
+                if return_representations:
+                    result["representations"] = {"pair": prev["prev_pair"], "single": prev["prev_msa_first_row"]}
+                if callback is not None:
+                    callback(result, r)
+                if result["ranking_confidence"] > self.config.model.stop_at_score:
+                    break
+                if r > 0 and result["tol"] < self.config.model.recycle_early_stop_tolerance:
+                    break
+        return result, r

@@ -1,0 +1,215 @@
+"""End-to-end comparison of ColabFold's JAX runner with the cpu runner.
+
+Shared by the test suite (reduced depth) and ``bench/parity.py`` (full
+depth): ColabFold's config edits, ColabFold's feature pipeline on an a3m or a
+single sequence, random params in the AF2 format, and both runners on the
+same processed features.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+
+from ..random_params import perturb_constant_arrays
+
+
+def colabfold_config(model_name: str = "model_3_ptm", num_recycle: int = 1, *, evoformer_blocks: Optional[int] = None,
+                     extra_blocks: Optional[int] = None, structure_layers: Optional[int] = None,
+                     max_seq: Optional[int] = None, max_extra_seq: Optional[int] = None,
+                     msa_depth: Optional[int] = None,
+                     save_all: bool = False, rank_by: str = "plddt", stop_at_score: float = 100.0,
+                     recycle_early_stop_tolerance: Optional[float] = None):
+    """A model config edited as ``colabfold.alphafold.models.load_models_and_params`` does,
+    with fp32 (``use_bfloat16=False``) and fused triangle multiplications; depth optionally reduced.
+
+    ``msa_depth`` (sequences in the MSA, query included) lowers the MSA budgets
+    as ``colabfold.batch.run`` does for a single query."""
+    from alphafold.model import config
+
+    cfg = config.model_config(model_name)
+    m = cfg.model
+    m.stop_at_score = float(stop_at_score)
+    m.rank_by = rank_by
+    m.global_config.eval_dropout = False
+    m.global_config.bfloat16 = False
+    evo = m.embeddings_and_evoformer
+    for k in ("triangle_multiplication_incoming", "triangle_multiplication_outgoing"):
+        evo.evoformer[k].fuse_projection_weights = True
+        evo.template.template_pair_stack[k].fuse_projection_weights = True
+    if msa_depth is not None:
+        max_seq = min(msa_depth, max_seq or 512)
+        max_extra_seq = max(min(msa_depth - max_seq, max_extra_seq or 5120), 1)
+    if max_seq is not None:
+        cfg.data.eval.max_msa_clusters = max_seq
+    if max_extra_seq is not None:
+        cfg.data.common.max_extra_msa = max_extra_seq
+    if not save_all:
+        m.heads.distogram.weight = 0.0
+        m.heads.masked_msa.weight = 0.0
+        m.heads.experimentally_resolved.weight = 0.0
+    cfg.data.common.num_recycle = num_recycle
+    m.num_recycle = num_recycle
+    cfg.data.eval.num_ensemble = 1
+    if recycle_early_stop_tolerance is not None:
+        m.recycle_early_stop_tolerance = recycle_early_stop_tolerance
+    if evoformer_blocks is not None:
+        evo.evoformer_num_block = evoformer_blocks
+    if extra_blocks is not None:
+        evo.extra_msa_stack_num_block = extra_blocks
+    if structure_layers is not None:
+        m.heads.structure_module.num_layer = structure_layers
+    return cfg
+
+
+def msa_depth(a3m_text: str) -> int:
+    """Sequences in an a3m (query included); 1 for a bare sequence."""
+    return max(1, sum(1 for line in a3m_text.splitlines() if line.startswith(">")))
+
+
+def processed_features(cfg, a3m_text: str, random_seed: int = 0, model_type: str = "alphafold2_ptm") -> Dict[str, np.ndarray]:
+    """ColabFold's own path from an a3m, a bare sequence, or chains joined by ``:``
+    (a complex folded with a monomer model) to the runner's features."""
+    from alphafold.model import features
+    from colabfold.batch import generate_input_feature, unserialize_msa
+
+    if a3m_text.lstrip().startswith(">"):
+        query = a3m_text.splitlines()[1].strip()
+        unpaired, paired, seqs, card, templates = unserialize_msa([a3m_text], query)
+    else:
+        seqs = a3m_text.strip().split(":")
+        card = [1] * len(seqs)
+        unpaired = [f">{101 + i}\n{s}" for i, s in enumerate(seqs)]
+        paired = None
+        from colabfold.batch import mk_mock_template
+        templates = [mk_mock_template(s) for s in seqs]
+    feature_dict, _ = generate_input_feature(seqs, card, unpaired, paired, templates, len(seqs) > 1, model_type,
+                                             max_seq=cfg.data.eval.max_msa_clusters)
+    feat = features.np_example_to_features(np_example=feature_dict, config=cfg, random_seed=random_seed)
+    r = feat["aatype"].shape[0]
+    feat["asym_id"] = np.tile(feature_dict["asym_id"], r).reshape(r, -1)  # as colabfold.batch.predict_structure
+    return feat
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("AF2CPU_TEST_CACHE") or Path.home() / ".cache" / "af2cpu-plugin" / "test-params"
+    path = Path(root) / "configs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def random_params_for_config(cfg, feat: Dict[str, np.ndarray], seed: int = 0) -> Dict[str, np.ndarray]:
+    """Haiku init (zero_init=False) of ColabFold's monomer model for ``cfg`` + noise; cached on disk.
+
+    Keys are flat ``scope//name`` in the fused triangle-multiplication layout
+    (the config's ``fuse_projection_weights``).
+    """
+    import jax
+    from alphafold.model import model as af_model
+
+    key = hashlib.sha256((cfg.to_json_best_effort(sort_keys=True) + f"|seed={seed}|v2").encode()).hexdigest()[:20]
+    path = _cache_dir() / f"params-{key}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    init_cfg = copy.deepcopy(cfg)
+    init_cfg.model.global_config.zero_init = False
+    # Real params files hold every monomer head; ColabFold only zeroes their weights to skip them.
+    for head in ("distogram", "masked_msa", "experimentally_resolved"):
+        init_cfg.model.heads[head].weight = 1.0
+    runner = af_model.RunModel(init_cfg, None)
+    one_pass = jax.tree_util.tree_map(lambda x: x[:1], feat)
+    runner.init_params(one_pass, random_seed=seed)
+    flat = {f"{scope}//{name}": np.asarray(v) for scope, d in runner.params.items() for name, v in d.items()}
+    flat = perturb_constant_arrays(flat, seed=seed)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **flat)
+    os.replace(tmp, path)
+    return flat
+
+
+def nested(flat: Dict[str, np.ndarray]) -> Dict[str, Dict[str, np.ndarray]]:
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    for k, v in flat.items():
+        scope, name = k.split("//")
+        out.setdefault(scope, {})[name] = v
+    return out
+
+
+def run_jax(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0) -> Tuple[Dict[str, Any], int]:
+    import jax.numpy as jnp
+    from alphafold.model import model as af_model
+
+    params = {s: {n: jnp.asarray(v) for n, v in d.items()} for s, d in nested(flat).items()}
+    runner = af_model.RunModel(copy.deepcopy(cfg), params)
+    return runner.predict(feat, random_seed=seed)
+
+
+def run_cpu(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0, policy=None) -> Tuple[Dict[str, Any], int]:
+    from ..runner import CpuRunModel
+
+    runner = CpuRunModel(copy.deepcopy(cfg), nested(flat), policy=policy)
+    return runner.predict(feat, random_seed=seed)
+
+
+def compare(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Tuple[float, float]]:
+    """max and mean |Δ| for coordinates (Å, atoms present), pLDDT, PAE and pTM."""
+    mask = np.asarray(a["structure_module"]["final_atom_mask"], bool)
+    pos_a = np.asarray(a["structure_module"]["final_atom_positions"], np.float64)[mask]
+    pos_b = np.asarray(b["structure_module"]["final_atom_positions"], np.float64)[mask]
+    rows = {"coordinates (Å)": (pos_a, pos_b), "pLDDT": (a["plddt"], b["plddt"])}
+    if "predicted_aligned_error" in a:
+        rows["PAE"] = (a["predicted_aligned_error"], b["predicted_aligned_error"])
+        rows["pTM"] = (a["ptm"], b["ptm"])
+    out = {}
+    for name, (x, y) in rows.items():
+        d = np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
+        out[name] = (float(d.max()), float(d.mean()))
+    return out
+
+
+def run_both_fp32(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0, policy=None,
+                  passes: Optional[int] = None, jax_flat: Optional[Dict[str, np.ndarray]] = None,
+                  cpu: bool = True) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    """Both runners' recycle loops, each feeding back its own float16 ``prev`` as
+    ColabFold does, returning the final pass's outputs *before* the float16
+    cast (float16 alone is 0.03-0.06 Å at 32-128 Å, coarser than the parity bar).
+
+    ``jax_flat`` gives JAX its own copy of the params (e.g. loaded by
+    ColabFold's ``get_model_haiku_params``); ``cpu=False`` runs JAX only."""
+    import jax
+    import jax.numpy as jnp
+    from alphafold.model import model as af_model
+
+    from ..runner import CpuRunModel, _to_float16
+
+    jax_runner = af_model.RunModel(copy.deepcopy(cfg), {s: {n: jnp.asarray(v) for n, v in d.items()}
+                                                        for s, d in nested(jax_flat or flat).items()})
+    cpu_runner = CpuRunModel(copy.deepcopy(cfg), nested(flat), policy=policy) if cpu else None
+    L = feat["aatype"].shape[1]
+    zeros = {"prev_msa_first_row": np.zeros((L, 256), np.float16),
+             "prev_pair": np.zeros((L, L, 128), np.float16),
+             "prev_pos": np.zeros((L, 37, 3), np.float16)}
+    jax_prev, cpu_prev = dict(zeros), dict(zeros)
+    key = jax.random.PRNGKey(seed)
+    n = passes or cfg.model.num_recycle + 1
+    import torch
+    for r in range(n):
+        sub = {k: v[r] for k, v in feat.items()}
+        key, sub_key = jax.random.split(key)
+        jax_ret = jax.tree_util.tree_map(np.asarray, jax_runner.apply(jax_runner.params, sub_key,
+                                                                      {**jax.tree_util.tree_map(lambda x: x[None], sub),
+                                                                       "prev": jax_prev}))
+        jax_prev = _to_float16(jax_ret.pop("prev"))
+        if cpu_runner is not None:
+            with torch.inference_mode(), cpu_runner.policy.active():
+                cpu_ret, cpu_next = cpu_runner.forward_pass(sub, cpu_prev)
+            cpu_prev = _to_float16(cpu_next)
+    return jax_ret, (cpu_ret if cpu_runner is not None else None)

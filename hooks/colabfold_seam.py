@@ -1,0 +1,332 @@
+"""The only module that touches ColabFold's internals.
+
+ColabFold 1.6.3 has no plugin interface, so af2cpu swaps module attributes
+for the duration of one ``colabfold.batch.main()`` call and always restores
+them. Each seam is a name ColabFold looks up at call time:
+
+* ``colabfold.batch.ArgumentParser`` — ``main()`` builds its parser inline;
+  a subclass adds af2cpu's options right before ``parse_args`` (see
+  :func:`colabfold_main`).
+* ``colabfold.batch.run`` — ``main()`` calls it by module-global name; the
+  wrapper merges :func:`~hookspecs.af2cpu_run_kwargs` (``use_bfloat16``...),
+  keywords ``colabfold_batch`` cannot set.
+* ``alphafold.model.model.RunModel`` — ``load_models_and_params`` calls
+  ``model.RunModel(...)`` through the module attribute; the factory asks
+  :func:`~hookspecs.af2cpu_make_runner`.
+* ``colabfold.alphafold.models.get_model_haiku_params`` — a module global of
+  the module that calls it; the wrapper asks
+  :func:`~hookspecs.af2cpu_prepare_params`.
+* ``colabfold.batch.write_bibtex`` — see :func:`_record_wrapper`.
+
+The last two model seams are installed only when the backend provides the
+model (:func:`~hookspecs.af2cpu_provides_model`); ``run`` only when some
+plugin has keywords for it. So for ``--backend jax`` (default bf16) the only
+patch is the ``config.json`` record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Tuple
+
+from af2cpu_plugin.hooks.errors import UsageError
+from af2cpu_plugin.hooks.manager import merged
+
+# ---------------------------------------------------------------------------
+# ColabFold's naming, kept in one place
+# ---------------------------------------------------------------------------
+
+#: colabfold.alphafold.models.get_model_haiku_params: model type -> npz name
+#: pattern in ``<data>/params/``.
+PARAMS_FILE_PATTERNS = {
+    "alphafold2_ptm": "params_model_{n}_ptm.npz",
+    "alphafold2": "params_model_{n}.npz",
+    "alphafold2_multimer_v1": "params_model_{n}_multimer.npz",
+    "alphafold2_multimer_v2": "params_model_{n}_multimer_v2.npz",
+    "alphafold2_multimer_v3": "params_model_{n}_multimer_v3.npz",
+    "deepfold_v1": "deepfold_model_{n}.npz",
+}
+
+
+def params_file_name(model_type: str, model_number: Any) -> str:
+    """The npz file ColabFold reads for a model, e.g. ``params_model_3_ptm.npz``."""
+    try:
+        return PARAMS_FILE_PATTERNS[model_type].format(n=model_number)
+    except KeyError:
+        raise ValueError(f"Unknown model_type {model_type}") from None
+
+
+def params_path(data_dir: Any, model_type: str, model_number: Any) -> Path:
+    """``<data_dir>/params/<file>`` as ColabFold's get_model_haiku_params builds it."""
+    return Path(data_dir) / "params" / params_file_name(model_type, model_number)
+
+
+def resolve_model_type(args: Any) -> Tuple[str, bool]:
+    """``(model_type, is_complex)`` exactly as ``colabfold.batch.main()`` will decide them.
+
+    Reads the queries with ColabFold's own ``get_queries`` (cheap: no MSA) and
+    resolves ``--model-type auto`` with ``set_model_type``.
+    """
+    from colabfold import batch
+
+    _, is_complex = batch.get_queries(args.input, args.sort_queries_by)
+    return batch.set_model_type(is_complex, args.model_type), bool(is_complex)
+
+
+# ---------------------------------------------------------------------------
+# Known errors -> UsageError
+# ---------------------------------------------------------------------------
+
+
+def known_error_types() -> Tuple[type, ...]:
+    """Exception types of the engine/converter that mean "bad input", not "bug".
+
+    Imported lazily: the converter and engine may be absent or broken in a
+    partial install, and the CLI must still run.
+    """
+    types = []
+    for module, name in (
+        ("af2cpu_plugin.converters", "ConversionError"),
+        ("af2cpu_plugin.engine.params", "ParamsMismatch"),
+    ):
+        try:
+            mod = __import__(module, fromlist=[name])
+            types.append(getattr(mod, name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(t for t in types if isinstance(t, type))
+
+
+def as_usage_error(exc: BaseException) -> UsageError:
+    """One-line form of a known engine/converter error."""
+    name = type(exc).__name__
+    text = " ".join(str(exc).split())
+    if " — " in text:  # the message already says what to do
+        what, _, fix = text.partition(" — ")
+        return UsageError(what, fix, 1)
+    if name == "ParamsMismatch":
+        return UsageError(text, "the params file does not match --model-type; check --data and --model-type", 1)
+    if name == "ConversionError":
+        return UsageError(
+            f"could not convert params: {text}",
+            "re-download the weights (delete <data>/params and rerun) or check --data",
+            1,
+        )
+    return UsageError(text, exit_code=1)
+
+
+def _tidy(fn: Callable) -> Callable:
+    """Re-raise known errors as UsageError.
+
+    ColabFold's run() catches RuntimeError around model loading and skips the
+    query ("Not Enough GPU memory?"); a UsageError is no RuntimeError, so it
+    reaches the CLI and is printed as one line.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        known = known_error_types()
+        try:
+            return fn(*a, **kw)
+        except UsageError:
+            raise
+        except Exception as exc:
+            if known and isinstance(exc, known):
+                raise as_usage_error(exc) from exc
+            raise
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------
+# config.json record
+# ---------------------------------------------------------------------------
+
+
+def plugin_version() -> str:
+    from af2cpu_plugin import __version__
+
+    return __version__
+
+
+def record(result_dir: Any, entries: Dict[str, Any]) -> Path:
+    """Add ``entries`` to ``result_dir/config.json`` atomically (temp file + ``os.replace``)."""
+    path = Path(result_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        config = {}
+    config.update(entries)
+    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(config, indent=4))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _record_wrapper(original: Callable, entries: Callable[[], Dict[str, Any]]) -> Callable:
+    """``write_bibtex`` that first records the backend in ``config.json``.
+
+    Why this seam: ``run()`` writes ``config.json`` and, on the very next line,
+    calls the module-global ``write_bibtex(..., result_dir)``, before any MSA
+    or prediction. Recording here puts the backend in ``config.json`` even when
+    the run fails later; before ``run()`` it would be overwritten, and after
+    it a failed or interrupted run would have no record.
+    """
+
+    @functools.wraps(original)
+    def write_bibtex(*a, **kw):
+        result_dir = kw["result_dir"] if "result_dir" in kw else a[5]
+        record(result_dir, entries())
+        return original(*a, **kw)
+
+    return write_bibtex
+
+
+# ---------------------------------------------------------------------------
+# Installing the seams
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+@contextlib.contextmanager
+def installed(pm: Any, backend: str, args: Any) -> Iterator[None]:
+    """Route ColabFold through ``backend`` while the block runs; always restore.
+
+    ``args`` is the parsed ``af2cpu batch`` namespace (needs ``precision`` and
+    ``threads``; everything else is passed on to the hooks).
+    """
+    from alphafold.model import model as af_model
+    from colabfold import batch
+    from colabfold.alphafold import models as cf_models
+
+    hook = pm.hook
+
+    def entries() -> Dict[str, Any]:
+        out = {
+            "backend": backend,
+            "precision": getattr(args, "precision", None),
+            "threads": getattr(args, "threads", None),
+            "af2cpu_version": plugin_version(),
+        }
+        out.update(merged(hook.af2cpu_record(backend=backend, args=args)))
+        return out
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_patched(batch, "write_bibtex", _record_wrapper(batch.write_bibtex, entries)))
+
+        run_kwargs = merged(hook.af2cpu_run_kwargs(backend=backend, args=args))
+        if run_kwargs:
+            original_run = batch.run
+
+            @functools.wraps(original_run)
+            def run(*a, **kw):
+                kw.update(run_kwargs)
+                return original_run(*a, **kw)
+
+            stack.enter_context(_patched(batch, "run", run))
+
+        if hook.af2cpu_provides_model(backend=backend):
+            original_run_model = af_model.RunModel
+            original_get_params = cf_models.get_model_haiku_params
+
+            @_tidy
+            def run_model_factory(config, params=None, is_training=False, extended_ptm_config=None, jit_kwargs=None):
+                runner = hook.af2cpu_make_runner(
+                    backend=backend,
+                    config=config,
+                    params=params,
+                    extended_ptm_config=extended_ptm_config,
+                    jit_kwargs=jit_kwargs,
+                    args=args,
+                )
+                if runner is None:
+                    runner = original_run_model(
+                        config, params, is_training=is_training,
+                        extended_ptm_config=extended_ptm_config, jit_kwargs=jit_kwargs,
+                    )
+                return runner
+
+            @_tidy
+            def get_model_haiku_params(data_dir, model_type, model_number, use_fuse=True, to_jnp=True):
+                params = hook.af2cpu_prepare_params(
+                    backend=backend,
+                    data_dir=data_dir,
+                    model_type=model_type,
+                    model_number=model_number,
+                    use_fuse=use_fuse,
+                    args=args,
+                )
+                if params is None:
+                    params = original_get_params(data_dir, model_type, model_number, use_fuse=use_fuse, to_jnp=to_jnp)
+                return params
+
+            stack.enter_context(_patched(af_model, "RunModel", run_model_factory))
+            stack.enter_context(_patched(cf_models, "get_model_haiku_params", get_model_haiku_params))
+        yield
+
+
+# ---------------------------------------------------------------------------
+# ColabFold's main() with af2cpu's options
+# ---------------------------------------------------------------------------
+
+
+def colabfold_main(
+    argv: list,
+    prog: str,
+    extend_parser: Callable[[Any], None],
+    on_parsed: Callable[[Any], None],
+) -> Any:
+    """Run ``colabfold.batch.main()`` on ``argv`` with af2cpu's options.
+
+    ``main()`` builds its ``ArgumentParser`` inline, adds its options, then
+    calls ``parse_args()``. For the duration of the call
+    ``colabfold.batch.ArgumentParser`` is a subclass whose ``parse_args``
+    first calls ``extend_parser(parser)`` (all of ColabFold's options are
+    there by then, so ``--help`` lists both) and, once parsed,
+    ``on_parsed(namespace)`` — where the CLI validates and installs
+    :func:`installed`. ``sys.argv`` is ``[prog] + argv`` meanwhile.
+    """
+    from colabfold import batch
+
+    base = batch.ArgumentParser
+
+    class Af2cpuArgumentParser(base):
+        _af2cpu_extended = False
+
+        def parse_args(self, args=None, namespace=None):
+            if not self._af2cpu_extended:
+                self._af2cpu_extended = True
+                extend_parser(self)
+            ns = super().parse_args(args, namespace)
+            on_parsed(ns)
+            return ns
+
+    Af2cpuArgumentParser.__name__ = base.__name__
+    old_argv = sys.argv
+    sys.argv = [prog] + list(argv)
+    try:
+        with _patched(batch, "ArgumentParser", Af2cpuArgumentParser):
+            return batch.main()
+    finally:
+        sys.argv = old_argv

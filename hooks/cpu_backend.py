@@ -1,0 +1,222 @@
+"""``--backend cpu``: ColabFold's pipeline with af2cpu's PyTorch engine as the model.
+
+Serves monomer AlphaFold2 models (``alphafold2_ptm``, ``alphafold2``), also on
+complexes folded with ``--model-type alphafold2_ptm``, in fp32. Everything it
+does not serve yet is refused up front, in one line, by
+:func:`af2cpu_check_request`.
+
+Params come from ColabFold's own files, ``<data>/params/params_model_N*.npz``,
+converted once to the engine's (fused) layout and cached as safetensors by
+:mod:`af2cpu_plugin.converters`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Optional
+
+from af2cpu_plugin.hooks import colabfold_seam
+from af2cpu_plugin.hooks.errors import UsageError
+from af2cpu_plugin.hooks.hookspecs import hookimpl
+
+NAME = "cpu"
+SUPPORTED_MODEL_TYPES = ("alphafold2_ptm", "alphafold2")
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------
+# Threads
+# ---------------------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _cgroup_cpu_limit() -> Optional[int]:
+    """CPUs granted by a cgroup v2 quota (``docker --cpus``), rounded up; None if unlimited."""
+    try:
+        quota, period = _read("/sys/fs/cgroup/cpu.max").split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def default_threads() -> int:
+    """Physical cores this process may use: the default for ``--threads``.
+
+    The engine is dominated by GEMMs/einsums that keep a core's FP units busy,
+    so a second hyper-thread on the same core adds contention, not speed, and
+    more threads than granted CPUs only oversubscribes. So: the CPUs in this
+    process's affinity mask (``os.sched_getaffinity``: taskset, Slurm, cpusets)
+    counted once per physical core (sysfs topology: package id + core id),
+    capped by a cgroup CPU quota. Without sysfs topology, the allowed CPU
+    count is scaled by physical/logical cores from psutil.
+    """
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = list(range(os.cpu_count() or 1))
+    cores = set()
+    try:
+        for cpu in allowed:
+            topo = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+            cores.add((_read(f"{topo}/physical_package_id"), _read(f"{topo}/core_id")))
+        n = len(cores)
+    except OSError:
+        try:
+            import psutil
+
+            physical = psutil.cpu_count(logical=False) or 0
+            logical = psutil.cpu_count(logical=True) or 0
+        except ImportError:
+            physical = logical = 0
+        n = round(len(allowed) * physical / logical) if physical and logical else len(allowed)
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        n = min(n, limit)
+    return max(1, n)
+
+
+# ---------------------------------------------------------------------------
+# Hooks
+# ---------------------------------------------------------------------------
+
+
+@hookimpl
+def af2cpu_backends():
+    return [NAME]
+
+
+@hookimpl
+def af2cpu_add_options(parser, backend_names):
+    if NAME not in backend_names:
+        return
+    group = parser.add_argument_group("--backend cpu options", "")
+    group.add_argument(
+        "--subbatch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Rows of a batched attention/transition the cpu engine processes at once; "
+        "smaller saves memory on long sequences at some speed cost. Default: all at once.%(default).0s",
+    )
+
+
+@hookimpl
+def af2cpu_defaults(backend):
+    if backend == NAME:
+        return {"precision": "fp32", "threads": default_threads()}
+    return None
+
+
+def _refuse(option: str, fix: str = "use --backend jax or drop the option") -> str:
+    return f"{option} is not yet on --backend cpu — {fix}"
+
+
+@hookimpl
+def af2cpu_check_request(backend, args, model_type, is_complex):
+    if backend != NAME:
+        return None
+    for option, dest in (
+        ("--templates", "templates"),
+        ("--custom-template-path", "custom_template_path"),
+        ("--pdb-hit-file", "pdb_hit_file"),
+    ):
+        if getattr(args, dest, None) not in (None, False):
+            return _refuse(option)
+    if "multimer" in model_type:
+        if args.model_type == "auto" and is_complex:
+            return (
+                "the input has a complex (A:B), for which --model-type auto picks "
+                f"{model_type}, not yet on --backend cpu — pass --model-type alphafold2_ptm "
+                "or use --backend jax"
+            )
+        return _refuse(f"--model-type {model_type}", "use --model-type alphafold2_ptm or --backend jax")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return (
+            f"--model-type {model_type} is not supported on --backend cpu — "
+            f"use --model-type {' or '.join(SUPPORTED_MODEL_TYPES)}, or --backend jax"
+        )
+    if getattr(args, "use_gpu_relax", False):
+        return "--use-gpu-relax is not available on --backend cpu — drop it (--amber relaxes on the CPU)"
+    if (getattr(args, "num_ensemble", 1) or 1) > 1:
+        return _refuse(f"--num-ensemble {args.num_ensemble}", "use --num-ensemble 1 or --backend jax")
+    if getattr(args, "use_dropout", False):
+        return _refuse("--use-dropout")
+    if getattr(args, "use_fast_kernels", False):
+        return "--use-fast-kernels is GPU-only — drop it on --backend cpu"
+    if args.precision == "bf16":
+        return "bf16 is not yet available on --backend cpu — use --precision fp32"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads {args.threads} must be at least 1 — pass a positive number of threads"
+    subbatch = getattr(args, "subbatch_size", None)
+    if subbatch is not None and subbatch < 1:
+        return f"--subbatch-size {subbatch} must be at least 1 — pass a positive number of rows or drop it"
+    return None
+
+
+@hookimpl
+def af2cpu_run_kwargs(backend, args):
+    if backend != NAME:
+        return None
+    # ColabFold's config then says what the engine computes: fp32 trunk, fused
+    # triangle multiplication (the converter's layout).
+    return {"use_bfloat16": args.precision == "bf16", "use_fuse": True}
+
+
+@hookimpl
+def af2cpu_provides_model(backend):
+    return True if backend == NAME else None
+
+
+@hookimpl
+def af2cpu_record(backend, args):
+    if backend != NAME:
+        return None
+    import torch
+
+    return {"torch_version": torch.__version__, "subbatch_size": getattr(args, "subbatch_size", None)}
+
+
+@hookimpl
+def af2cpu_prepare_params(backend, data_dir, model_type, model_number, use_fuse, args):
+    if backend != NAME:
+        return None
+    path = colabfold_seam.params_path(data_dir, model_type, model_number)
+    if not path.is_file():
+        raise UsageError(
+            f"params file {path} not found",
+            "point --data at ColabFold's weights (colabfold_batch downloads them there), "
+            "or make demo weights with `af2cpu random-params --data DIR`",
+        )
+    from af2cpu_plugin import converters
+
+    return converters.nested(converters.load_params(path, logger.info))
+
+
+@hookimpl
+def af2cpu_make_runner(backend, config, params, extended_ptm_config, jit_kwargs, args):
+    if backend != NAME:
+        return None
+    import torch
+
+    from af2cpu_plugin.engine.policy import RuntimePolicy
+    from af2cpu_plugin.runner import CpuRunModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    policy = RuntimePolicy(
+        precision=args.precision,
+        subbatch_size=getattr(args, "subbatch_size", None),
+        threads=args.threads,
+    )
+    return CpuRunModel(
+        config, params, extended_ptm_config=extended_ptm_config, jit_kwargs=jit_kwargs, policy=policy
+    )

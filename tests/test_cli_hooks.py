@@ -1,0 +1,392 @@
+"""The af2cpu CLI, its pluggy hooks and the ColabFold seam (fast: no model compute).
+
+A toy backend stands in for a model: ColabFold runs its real pipeline
+(single-sequence MSA, features, model loading) up to the first
+``runner.process_features``, where the toy runner raises :class:`ToyStop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from af2cpu_plugin import cli  # noqa: E402
+from af2cpu_plugin.hooks import UsageError, colabfold_seam, hookimpl  # noqa: E402
+from af2cpu_plugin.hooks.manager import backend_names, get_plugin_manager  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+QUERY = ">toy\nMKTAYIAKQRQISFVKSHFSRQ\n"
+COMPLEX_QUERY = ">ab\nMKTAYIAKQR:MKTAYIAKQR\n"
+
+
+class ToyStop(Exception):
+    """Raised by the toy runner to stop ColabFold before any prediction."""
+
+
+class ToyRunner:
+    def __init__(self, config, params):
+        self.config, self.params, self.multimer_mode = config, params, False
+
+    def process_features(self, raw, random_seed):
+        raise ToyStop(sorted(raw))
+
+
+class ToyBackend:
+    """A complete backend plugin; registered through ``extra_plugins``."""
+
+    name = "toy"
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def af2cpu_backends(self):
+        return [self.name]
+
+    @hookimpl
+    def af2cpu_provides_model(self, backend):
+        return True if backend == self.name else None
+
+    @hookimpl
+    def af2cpu_prepare_params(self, backend, data_dir, model_type, model_number):
+        if backend != self.name:
+            return None
+        self.calls.append(("prepare_params", model_type, int(model_number)))
+        return {"toy": {"weights": np.zeros(1, np.float32)}}
+
+    @hookimpl
+    def af2cpu_make_runner(self, backend, config, params, extended_ptm_config, args):
+        if backend != self.name:
+            return None
+        self.calls.append(("make_runner", args.backend, args.precision, sorted(extended_ptm_config)))
+        return ToyRunner(config, params)
+
+
+# The same backend as an installed distribution's entry point.
+TOY_EP_MODULE = '''
+import numpy as np
+from af2cpu_plugin.hooks import hookimpl
+
+CALLS = []
+
+class ToyStop(Exception):
+    pass
+
+class Runner:
+    def __init__(self, config, params):
+        self.config, self.params, self.multimer_mode = config, params, False
+    def process_features(self, raw, random_seed):
+        raise ToyStop("stop")
+
+@hookimpl
+def af2cpu_backends():
+    return ["toyep"]
+
+@hookimpl
+def af2cpu_provides_model(backend):
+    return True if backend == "toyep" else None
+
+@hookimpl
+def af2cpu_prepare_params(backend):
+    return {"toy": {"weights": np.zeros(1)}} if backend == "toyep" else None
+
+@hookimpl
+def af2cpu_make_runner(backend, config, params):
+    if backend != "toyep":
+        return None
+    CALLS.append("make_runner")
+    return Runner(config, params)
+'''
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A query, a complex, and a data dir whose download marker stops any fetch."""
+    (tmp_path / "query.fasta").write_text(QUERY)
+    (tmp_path / "complex.fasta").write_text(COMPLEX_QUERY)
+    params = tmp_path / "data" / "params"
+    params.mkdir(parents=True)
+    (params / "download_finished.txt").write_text("")
+    return tmp_path
+
+
+def _seams():
+    from alphafold.model import model as af_model
+    from colabfold import batch
+    from colabfold.alphafold import models as cf_models
+
+    return {
+        "run": batch.run,
+        "write_bibtex": batch.write_bibtex,
+        "ArgumentParser": batch.ArgumentParser,
+        "RunModel": af_model.RunModel,
+        "get_model_haiku_params": cf_models.get_model_haiku_params,
+    }
+
+
+def _batch_argv(workdir, *extra, query="query.fasta"):
+    return [
+        "batch", "--msa-mode", "single_sequence", "--data", str(workdir / "data"),
+        "--num-models", "1", *extra, str(workdir / query), str(workdir / "out"),
+    ]
+
+
+def _run_cli(args, cwd=REPO):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "af2cpu_plugin", *args], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+# ---------------------------------------------------------------------------
+# plugin manager
+# ---------------------------------------------------------------------------
+
+
+def test_builtin_backends_registered_once():
+    pm = get_plugin_manager()
+    names = backend_names(pm)
+    assert names.count("cpu") == 1 and names.count("jax") == 1
+    assert pm.get_plugin("cpu") is not None and pm.get_plugin("jax") is not None
+    # Calling again (entry points already seen) must not raise on duplicates.
+    get_plugin_manager()
+
+
+def test_extra_plugin_backend_selected(workdir):
+    toy = ToyBackend()
+    assert "toy" in backend_names(get_plugin_manager([toy]))
+    before = _seams()
+    argv_before = list(sys.argv)
+    with pytest.raises(ToyStop):
+        cli.main(_batch_argv(workdir, "--backend", "toy"), extra_plugins=[toy])
+    kinds = [c[0] for c in toy.calls]
+    assert ("make_runner", "toy", "fp32", ["calc_extended_ptm", "use_probs_extended"]) in toy.calls
+    # ColabFold loads all five models' params even with --num-models 1.
+    assert sorted(c[2] for c in toy.calls if c[0] == "prepare_params") == [1, 2, 3, 3, 4, 5]
+    assert kinds.count("make_runner") == 1
+    # Every seam is restored, even though the run ended in an exception.
+    assert _seams() == before
+    assert sys.argv == argv_before
+    config = json.loads((workdir / "out" / "config.json").read_text())
+    assert config["backend"] == "toy"
+    assert config["precision"] == "fp32"
+    assert config["af2cpu_version"]
+    assert config["model_type"] == "alphafold2_ptm"
+
+
+def test_entry_point_backend_selected(workdir, tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    dist = site / "toy_af2cpu-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-af2cpu\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[af2cpu.backends]\ntoyep = toy_af2cpu_backend\n")
+    (site / "toy_af2cpu_backend.py").write_text(textwrap.dedent(TOY_EP_MODULE))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "toy_af2cpu_backend", raising=False)
+
+    pm = get_plugin_manager()
+    assert "toyep" in backend_names(pm)
+    assert pm.get_plugin("toyep") is sys.modules["toy_af2cpu_backend"]
+    module = sys.modules["toy_af2cpu_backend"]
+    with pytest.raises(module.ToyStop):
+        cli.main(_batch_argv(workdir, "--backend", "toyep"))
+    assert module.CALLS == ["make_runner"]
+
+
+# ---------------------------------------------------------------------------
+# the seam
+# ---------------------------------------------------------------------------
+
+
+def test_jax_seam_is_identity_and_restored():
+    pm = get_plugin_manager()
+    before = _seams()
+    args = argparse.Namespace(precision="bf16", threads=None, use_fast_kernels=False)
+    with colabfold_seam.installed(pm, "jax", args):
+        now = _seams()
+        for name in ("run", "RunModel", "get_model_haiku_params", "ArgumentParser"):
+            assert now[name] is before[name], name
+        assert now["write_bibtex"] is not before["write_bibtex"]  # config.json record only
+    assert _seams() == before
+
+
+def test_jax_fp32_only_sets_use_bfloat16(monkeypatch):
+    from colabfold import batch
+
+    seen = {}
+    monkeypatch.setattr(batch, "run", lambda *a, **kw: seen.update(kw))  # stand-in for ColabFold's run
+    pm = get_plugin_manager()
+    before = _seams()
+    args = argparse.Namespace(precision="fp32", threads=None, use_fast_kernels=False)
+    with colabfold_seam.installed(pm, "jax", args):
+        assert _seams()["RunModel"] is before["RunModel"]
+        assert _seams()["get_model_haiku_params"] is before["get_model_haiku_params"]
+        assert batch.run is not before["run"]
+        batch.run(queries=[], result_dir="x")
+    assert seen == {"queries": [], "result_dir": "x", "use_bfloat16": False}
+    assert _seams() == before
+
+
+def test_cpu_seam_patches_model_and_restores():
+    pm = get_plugin_manager()
+    before = _seams()
+    args = argparse.Namespace(precision="fp32", threads=1, subbatch_size=None)
+    with colabfold_seam.installed(pm, "cpu", args):
+        now = _seams()
+        assert now["RunModel"] is not before["RunModel"]
+        assert now["get_model_haiku_params"] is not before["get_model_haiku_params"]
+        assert now["run"] is not before["run"]
+    assert _seams() == before
+
+
+def test_seam_restores_on_error():
+    pm = get_plugin_manager()
+    before = _seams()
+    args = argparse.Namespace(precision="fp32", threads=1, subbatch_size=None)
+    with pytest.raises(KeyError):
+        with colabfold_seam.installed(pm, "cpu", args):
+            raise KeyError("boom")
+    assert _seams() == before
+
+
+def test_missing_params_file_is_usage_error(tmp_path):
+    pm = get_plugin_manager()
+    args = argparse.Namespace(precision="fp32", threads=1, subbatch_size=None)
+    from colabfold.alphafold import models as cf_models
+
+    with colabfold_seam.installed(pm, "cpu", args):
+        with pytest.raises(UsageError, match="params_model_3_ptm.npz not found"):
+            cf_models.get_model_haiku_params(
+                data_dir=str(tmp_path), model_type="alphafold2_ptm", model_number=3, use_fuse=True
+            )
+
+
+def test_record_is_atomic_update(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "alphafold2_ptm"}))
+    colabfold_seam.record(tmp_path, {"backend": "cpu", "threads": 2})
+    assert json.loads((tmp_path / "config.json").read_text()) == {
+        "model_type": "alphafold2_ptm", "backend": "cpu", "threads": 2,
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # no temp file left
+
+
+def test_params_file_names_match_colabfold():
+    assert colabfold_seam.params_file_name("alphafold2_ptm", 3) == "params_model_3_ptm.npz"
+    assert colabfold_seam.params_file_name("alphafold2", 1) == "params_model_1.npz"
+    assert colabfold_seam.params_file_name("alphafold2_multimer_v3", 2) == "params_model_2_multimer_v3.npz"
+    with pytest.raises(ValueError):
+        colabfold_seam.params_file_name("nope", 1)
+
+
+def test_default_threads_within_affinity():
+    from af2cpu_plugin.hooks.cpu_backend import default_threads
+
+    n = default_threads()
+    assert 1 <= n <= len(os.sched_getaffinity(0))
+
+
+def test_cpu_runner_path(tmp_path):
+    """The cpu make_runner hook builds the engine's CpuRunModel (skipped until it exists)."""
+    pytest.importorskip("af2cpu_plugin.runner")
+    pytest.importorskip("af2cpu_plugin.engine.policy")
+    from af2cpu_plugin.hooks import cpu_backend
+
+    created = {}
+
+    class Fake:
+        def __init__(self, config, params=None, **kw):
+            created.update(kw, config=config, params=params)
+
+    import af2cpu_plugin.runner as runner_mod
+
+    original = runner_mod.CpuRunModel
+    runner_mod.CpuRunModel = Fake
+    try:
+        args = argparse.Namespace(precision="fp32", threads=1, subbatch_size=None)
+        cpu_backend.af2cpu_make_runner(
+            backend="cpu", config="cfg", params={"p": {}}, extended_ptm_config={"x": 1}, jit_kwargs={}, args=args,
+        )
+    finally:
+        runner_mod.CpuRunModel = original
+    assert created["config"] == "cfg" and created["extended_ptm_config"] == {"x": 1}
+    assert created["policy"].precision == "fp32" and created["policy"].threads == 1
+
+
+# ---------------------------------------------------------------------------
+# the command line (subprocess: what a user sees)
+# ---------------------------------------------------------------------------
+
+
+def test_help_lists_colabfold_and_af2cpu_options():
+    result = _run_cli(["batch", "--help"])
+    assert result.returncode == 0, result.stderr
+    for option in ("--num-recycle", "--amber", "--msa-mode", "--backend", "--threads", "--precision"):
+        assert option in result.stdout, option
+    assert "af2cpu batch" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, option",
+    [
+        (["--templates"], "--templates"),
+        (["--custom-template-path", "tpl"], "--custom-template-path"),
+        (["--use-gpu-relax"], "--use-gpu-relax"),
+        (["--precision", "bf16"], "--precision"),
+        (["--model-type", "deepfold_v1"], "--model-type"),
+        (["--model-type", "alphafold2_multimer_v3"], "--model-type"),
+        (["--num-ensemble", "2"], "--num-ensemble"),
+        (["--use-dropout"], "--use-dropout"),
+        ([], "--model-type"),  # complex input: auto picks multimer
+    ],
+)
+def test_cpu_refusals_are_one_line(workdir, extra, option):
+    query = "complex.fasta" if not extra else "query.fasta"
+    result = _run_cli(_batch_argv(workdir, "--backend", "cpu", *extra, query=query))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("af2cpu: error: ") and option in errors[0] and " — " in errors[0]
+    assert not (workdir / "out").exists()  # refused before ColabFold started
+
+
+def test_complex_with_ptm_is_accepted(workdir):
+    """A:B with --model-type alphafold2_ptm passes the checks (fails later only on missing params)."""
+    result = _run_cli(_batch_argv(workdir, "--model-type", "alphafold2_ptm", query="complex.fasta"))
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert "params_model_3_ptm.npz not found" in result.stderr.splitlines()[-1]
+
+
+def test_missing_input_is_one_line(workdir):
+    result = _run_cli(["batch", str(workdir / "nope.fasta"), str(workdir / "out")])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("af2cpu: error: input ")
+
+
+def test_unknown_command_and_version():
+    assert _run_cli(["frobnicate"]).returncode == 2
+    result = _run_cli(["--version"])
+    assert result.returncode == 0 and result.stdout.startswith("af2cpu ")
+
+
+def test_hooks_not_a_top_level_package(tmp_path):
+    code = (
+        "import importlib.util, af2cpu_plugin.hooks, af2cpu_plugin.hooks.hookspecs;"
+        "assert importlib.util.find_spec('hooks') is None, 'hooks importable top-level';"
+        "assert importlib.util.find_spec('converters') is None, 'converters importable top-level'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,146 @@
+"""The cpu runner against ColabFold's JAX runner (the oracle), at reduced depth.
+
+Same random params (haiku init, zero_init=False, noise on constant arrays),
+same processed features from ColabFold's own pipeline, JAX in fp32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from af2cpu_plugin.engine.policy import RuntimePolicy
+from af2cpu_plugin.testing import parity
+
+DATA = Path(__file__).parent / "data"
+
+# Reduced depth: 2 Evoformer blocks, 1 extra-MSA block, 2 passes. Channels stay
+# real (RunModel hard-codes prev shapes 256/128).
+REDUCED = dict(evoformer_blocks=2, extra_blocks=1, num_recycle=1)
+# At reduced depth the two engines agree to float32 rounding.
+BARS = {"coordinates (Å)": 1e-2, "pLDDT": 1e-2, "PAE": 1e-2, "pTM": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def case():
+    a3m = (DATA / "msa_62aa_6seqs.a3m").read_text()
+    cfg = parity.colabfold_config("model_3_ptm", msa_depth=parity.msa_depth(a3m), **REDUCED)
+    feat = parity.processed_features(cfg, a3m)
+    flat = parity.random_params_for_config(cfg, feat, seed=0)
+    return cfg, feat, flat
+
+
+@pytest.fixture(scope="module")
+def fp32_results(case):
+    cfg, feat, flat = case
+    return parity.run_both_fp32(cfg, flat, feat)
+
+
+def test_end_to_end_fp32_parity(fp32_results):
+    jax_ret, cpu_ret = fp32_results
+    diffs = parity.compare(jax_ret, cpu_ret)
+    for name, (mx, mean) in diffs.items():
+        assert mx <= BARS[name], f"{name}: max |Δ| {mx:.3g} (mean {mean:.3g}) over bar {BARS[name]}"
+
+
+def test_random_params_give_informative_confidence(fp32_results):
+    """pLDDT and PAE must vary across residues, or the parity test would hide bugs."""
+    jax_ret, cpu_ret = fp32_results
+    for ret in (jax_ret, cpu_ret):
+        assert np.std(ret["plddt"]) > 0.1, np.std(ret["plddt"])
+        assert np.std(ret["predicted_aligned_error"]) > 0.1
+        pos = ret["structure_module"]["final_atom_positions"][:, 1]
+        assert np.ptp(pos, axis=0).min() > 1.0, "Cα atoms collapsed to a point"
+
+
+def _keys(tree, prefix=""):
+    out = set()
+    for k, v in tree.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= _keys(v, prefix + k + "/")
+    return out
+
+
+def test_predict_contract_matches_runmodel(case):
+    """Same result keys, float16 leaves, recycle count and callbacks as RunModel.predict."""
+    cfg, feat, flat = case
+    seen = {"jax": [], "cpu": []}
+    jax_res, jax_r = parity.run_jax(cfg, flat, feat)
+    from af2cpu_plugin.runner import CpuRunModel
+
+    runner = CpuRunModel(cfg, parity.nested(flat))
+    cpu_res, cpu_r = runner.predict(feat, return_representations=True,
+                                    callback=lambda res, r: seen["cpu"].append(r))
+    assert cpu_r == jax_r == cfg.model.num_recycle
+    assert seen["cpu"] == list(range(cfg.model.num_recycle + 1))
+    assert _keys(cpu_res) - {"representations", "representations/pair", "representations/single"} == _keys(jax_res)
+    L = feat["aatype"].shape[1]
+    assert cpu_res["representations"]["pair"].shape == (L, L, 128)
+    assert cpu_res["representations"]["single"].shape == (L, 256)
+
+    def leaves(tree):
+        for v in tree.values():
+            yield from (leaves(v) if isinstance(v, dict) else [v])
+
+    assert all(np.asarray(v).dtype == np.float16 for v in leaves(cpu_res))
+    # float16 outputs agree within float16 resolution plus engine rounding
+    d = np.abs(cpu_res["plddt"].astype(np.float32) - jax_res["plddt"].astype(np.float32)).max()
+    assert d < 0.1, d
+
+
+def test_early_stop_on_score_and_tol(case):
+    cfg, feat, flat = case
+    from af2cpu_plugin.runner import CpuRunModel
+
+    stop_now = cfg.copy_and_resolve_references()
+    stop_now.model.stop_at_score = 0.0
+    _, r = CpuRunModel(stop_now, parity.nested(flat)).predict(feat)
+    assert r == 0
+    tol_cfg = cfg.copy_and_resolve_references()
+    tol_cfg.model.recycle_early_stop_tolerance = 1e9
+    res, r = CpuRunModel(tol_cfg, parity.nested(flat)).predict(feat)
+    assert r == 1 and "tol" in res
+
+
+def test_params_reassigned_per_model(case):
+    """ColabFold swaps models by assigning ``runner.params``; outputs follow the params."""
+    cfg, feat, flat = case
+    from af2cpu_plugin.runner import CpuRunModel
+
+    other = {k: (v * 1.05 if k.endswith("//weights") else v) for k, v in flat.items()}
+    runner = CpuRunModel(cfg, parity.nested(flat))
+    a, _ = runner.predict(feat)
+    runner.params = parity.nested(other)
+    b, _ = runner.predict(feat)
+    runner.params = parity.nested(flat)
+    c, _ = runner.predict(feat)
+    assert not np.array_equal(a["plddt"], b["plddt"])
+    np.testing.assert_array_equal(a["plddt"], c["plddt"])
+
+
+def test_subbatching_policy_does_not_change_result(case):
+    cfg, feat, flat = case
+    from af2cpu_plugin.runner import CpuRunModel
+
+    runner = CpuRunModel(cfg, parity.nested(flat), policy=RuntimePolicy(subbatch_size=7))
+    res, _ = runner.predict(feat)
+    ref, _ = CpuRunModel(cfg, parity.nested(flat)).predict(feat)
+    d = np.abs(res["structure_module"]["final_atom_positions"].astype(np.float32)
+               - ref["structure_module"]["final_atom_positions"].astype(np.float32)).max()
+    assert d <= 0.07, d  # float16 output resolution
+
+
+def test_complex_with_ptm_model_masks_relpos_by_chain():
+    """``A:B`` folded with a ptm model: ColabFold's asym_id masking of relative positions."""
+    cfg = parity.colabfold_config("model_3_ptm", msa_depth=1, **REDUCED)
+    feat = parity.processed_features(cfg, "MKTAYIAKQRQISFVKSHFSRQ:GSHMLEDPVDAFQ")
+    assert len(set(feat["asym_id"][0])) == 2
+    flat = parity.random_params_for_config(cfg, feat, seed=1)
+    jax_ret, cpu_ret = parity.run_both_fp32(cfg, flat, feat)
+    for name, (mx, mean) in parity.compare(jax_ret, cpu_ret).items():
+        assert mx <= BARS[name], f"{name}: max |Δ| {mx:.3g} (mean {mean:.3g})"
+    assert "iptm" in cpu_ret
+    assert abs(float(cpu_ret["iptm"]) - float(jax_ret["iptm"])) < 1e-4
