@@ -177,13 +177,15 @@ def compare(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Tuple[float, floa
 
 def run_both_fp32(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0, policy=None,
                   passes: Optional[int] = None, jax_flat: Optional[Dict[str, np.ndarray]] = None,
-                  cpu: bool = True) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+                  cpu: bool = True, history: Optional[list] = None
+                  ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """Both runners' recycle loops, each feeding back its own float16 ``prev`` as
     ColabFold does, returning the final pass's outputs *before* the float16
     cast (float16 alone is 0.03-0.06 Å at 32-128 Å, coarser than the parity bar).
 
     ``jax_flat`` gives JAX its own copy of the params (e.g. loaded by
-    ColabFold's ``get_model_haiku_params``); ``cpu=False`` runs JAX only."""
+    ColabFold's ``get_model_haiku_params``); ``cpu=False`` runs JAX only;
+    ``history`` (a list) collects every pass's ``(jax, cpu)`` outputs."""
     import jax
     import jax.numpy as jnp
     from alphafold.model import model as af_model
@@ -212,4 +214,6 @@ def run_both_fp32(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0, policy=
             with torch.inference_mode(), cpu_runner.policy.active():
                 cpu_ret, cpu_next = cpu_runner.forward_pass(sub, cpu_prev)
             cpu_prev = _to_float16(cpu_next)
+        if history is not None:
+            history.append((jax_ret, cpu_ret if cpu_runner is not None else None))
     return jax_ret, (cpu_ret if cpu_runner is not None else None)
