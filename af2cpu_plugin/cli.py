@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from af2cpu_plugin.hooks import colabfold_seam
+from af2cpu_plugin.hooks import colabfold_seam, template_check
 from af2cpu_plugin.hooks.errors import UsageError
+from af2cpu_plugin.hooks.hookspecs import hookimpl
 
 PROG = "af2cpu"
 PRECISIONS = ("fp32", "bf16")
@@ -111,6 +112,22 @@ def _prepare_request(pm, args: argparse.Namespace) -> None:
     if refusal:
         what, sep, fix = " ".join(str(refusal).split()).partition(" — ")
         raise UsageError(what, fix if sep else "")
+
+    # Last: it may drop templates or copy the usable ones under the results dir.
+    checked = template_check.check_templates(args)
+    if checked is not None:
+        pm.register(_Record({"af2cpu_template_check": checked.record()}))
+
+
+class _Record:
+    """A plugin adding fixed entries to ``config.json`` (what the pre-flight decided)."""
+
+    def __init__(self, entries: Dict[str, object]) -> None:
+        self.entries = entries
+
+    @hookimpl
+    def af2cpu_record(self, backend, args):
+        return self.entries
 
 
 def batch(argv: Sequence[str], extra_plugins: Iterable[object] = ()) -> int:

@@ -1,7 +1,8 @@
 """``--backend cpu``: ColabFold's pipeline with af2cpu's PyTorch engine as the model.
 
 Serves monomer AlphaFold2 models (``alphafold2_ptm``, ``alphafold2``), also on
-complexes folded with ``--model-type alphafold2_ptm``, in fp32. Everything it
+complexes folded with ``--model-type alphafold2_ptm``, in fp32, with or without
+templates (``--templates``, ``--custom-template-path``, ``--pdb-hit-file``). Everything it
 does not serve yet is refused up front, in one line, by
 :func:`af2cpu_check_request`.
 
@@ -124,13 +125,9 @@ def _refuse(option: str, fix: str = "use --backend jax or drop the option") -> s
 def af2cpu_check_request(backend, args, model_type, is_complex):
     if backend != NAME:
         return None
-    for option, dest in (
-        ("--templates", "templates"),
-        ("--custom-template-path", "custom_template_path"),
-        ("--pdb-hit-file", "pdb_hit_file"),
-    ):
-        if getattr(args, dest, None) not in (None, False):
-            return _refuse(option)
+    # Templates (--templates, --custom-template-path, --pdb-hit-file) are
+    # served: ColabFold builds the template features, the engine embeds them;
+    # the CLI's pre-flight (hooks/template_check.py) checks the template dir.
     if "multimer" in model_type:
         if args.model_type == "auto" and is_complex:
             return (

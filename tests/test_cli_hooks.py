@@ -339,8 +339,6 @@ def test_help_lists_colabfold_and_af2cpu_options():
 @pytest.mark.parametrize(
     "extra, option",
     [
-        (["--templates"], "--templates"),
-        (["--custom-template-path", "tpl"], "--custom-template-path"),
         (["--use-gpu-relax"], "--use-gpu-relax"),
         (["--precision", "bf16"], "--precision"),
         (["--model-type", "deepfold_v1"], "--model-type"),
@@ -359,6 +357,56 @@ def test_cpu_refusals_are_one_line(workdir, extra, option):
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith("af2cpu: error: ") and option in errors[0] and " — " in errors[0]
     assert not (workdir / "out").exists()  # refused before ColabFold started
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--templates", "--custom-template-path", "{w}/nope"], "--custom-template-path {w}/nope not found"),
+        (["--templates", "--custom-template-path", "{w}/query.fasta"], "is not a directory"),
+        (["--templates", "--pdb-hit-file", "{w}/nope.m8", "--local-pdb-path", "{w}"], "--pdb-hit-file {w}/nope.m8"),
+        (["--templates", "--pdb-hit-file", "{w}/query.fasta"], "--pdb-hit-file needs --local-pdb-path"),
+        (["--templates", "--pdb-hit-file", "{w}/query.fasta", "--custom-template-path", "{w}"], "cannot be used"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["cpu", "jax"])
+def test_bad_template_options_are_one_line(workdir, backend, extra, message):
+    """Template options are served on --backend cpu; what cannot run is one line, before ColabFold starts."""
+    extra = [x.format(w=workdir) for x in extra]
+    result = _run_cli(_batch_argv(workdir, "--backend", backend, *extra))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("af2cpu: error: ") and message.format(w=workdir) in errors[0] and " — " in errors[0]
+    assert not (workdir / "out").exists()
+
+
+def test_templates_accepted_on_cpu(tmp_path):
+    from af2cpu_plugin.hooks import cpu_backend
+
+    args = argparse.Namespace(
+        templates=True, custom_template_path="tpl", pdb_hit_file=None, model_type="auto", use_gpu_relax=False,
+        num_ensemble=1, use_dropout=False, use_fast_kernels=False, precision="fp32", threads=1, subbatch_size=None,
+    )
+    assert cpu_backend.af2cpu_check_request(
+        backend="cpu", args=args, model_type="alphafold2_ptm", is_complex=False
+    ) is None
+
+
+def test_template_check_empty_dir_drops_templates(tmp_path):
+    from af2cpu_plugin.hooks import template_check
+
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "1bad.cif").write_text("garbage\n")
+    args = argparse.Namespace(templates=True, custom_template_path=str(tmp_path / "tpl"), pdb_hit_file=None,
+                              results=str(tmp_path / "out"))
+    lines = []
+    check = template_check.check_templates(args, warn=lines.append)
+    assert args.templates is False and args.custom_template_path is None
+    assert check.used is None and list(check.skipped) == ["1bad.cif"]
+    assert "'data_'" in lines[0] and lines[-1].endswith("running without templates")
+    assert not (tmp_path / "out").exists()
 
 
 def test_complex_with_ptm_is_accepted(workdir):

@@ -20,15 +20,19 @@ def subbatched(
     batched: Sequence[torch.Tensor],
     shared: Sequence[torch.Tensor] = (),
     dim: int = 0,
+    temp_row_bytes: int = 0,
 ) -> torch.Tensor:
     """Apply ``fn(*batched, *shared)`` in slices of ``batched`` along ``dim``.
 
     ``batched`` tensors are sliced together (a tensor whose size along ``dim``
     is 1 is broadcast, not sliced); ``shared`` ones are passed whole. The
-    slices are concatenated along ``dim``.
+    slices are concatenated along ``dim``. ``temp_row_bytes``: bytes of the
+    widest temporary ``fn`` makes per row, for modules whose temporaries dwarf
+    their inputs (the outer product mean); it counts against 4x the policy's
+    ``slice_bytes``.
     """
     size = max(t.shape[dim] for t in batched)
-    chunk = current_policy().subbatch_size
+    chunk = _rows_per_slice(batched, dim, size, temp_row_bytes)
     if chunk is None or chunk >= size:
         return fn(*batched, *shared)
     outputs = []
@@ -39,3 +43,19 @@ def subbatched(
         ]
         outputs.append(fn(*sliced, *shared))
     return torch.cat(outputs, dim=dim)
+
+
+def _rows_per_slice(batched: Sequence[torch.Tensor], dim: int, size: int, temp_row_bytes: int) -> int:
+    """The policy's ``subbatch_size``, else as many rows as fit its ``slice_bytes``."""
+    policy = current_policy()
+    if policy.subbatch_size is not None:
+        return policy.subbatch_size
+    if policy.slice_bytes is None:
+        return size
+    row_bytes = max(
+        (t.numel() // t.shape[dim] * t.element_size() for t in batched if t.shape[dim] == size and size > 0),
+        default=1,
+    )
+    chunk = max(1, min(policy.slice_bytes // max(row_bytes, 1), 4 * policy.slice_bytes // max(temp_row_bytes, 1)))
+    num_slices = -(-size // chunk)
+    return -(-size // num_slices)  # equal slices rather than a short last one

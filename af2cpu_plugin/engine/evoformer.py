@@ -58,21 +58,24 @@ class EvoformerIteration(nn.Module):
         self, msa: torch.Tensor, pair: torch.Tensor, msa_mask: torch.Tensor, pair_mask: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """msa [S, R, c_m], pair [R, R, c_z], msa_mask [S, R], pair_mask [R, R] -> (msa, pair)."""
+        # The first update of each representation makes a new tensor (the
+        # inputs belong to the caller); later ones add in place, which saves
+        # an [R, R, c_z] allocation and pass per update (inference only).
         if self.outer_product_mean_first:
             pair = pair + self.outer_product_mean(msa, msa_mask)
         msa = msa + self.msa_row_attention_with_pair_bias(msa, msa_mask, pair)
         if self.is_extra_msa:
-            msa = msa + self.msa_column_global_attention(msa, msa_mask)
+            msa += self.msa_column_global_attention(msa, msa_mask)
         else:
-            msa = msa + self.msa_column_attention(msa, msa_mask)
-        msa = msa + self.msa_transition(msa, msa_mask)
+            msa += self.msa_column_attention(msa, msa_mask)
+        msa += self.msa_transition(msa, msa_mask)
         if not self.outer_product_mean_first:
             pair = pair + self.outer_product_mean(msa, msa_mask)
-        pair = pair + self.triangle_multiplication_outgoing(pair, pair_mask)
-        pair = pair + self.triangle_multiplication_incoming(pair, pair_mask)
-        pair = pair + self.triangle_attention_starting_node(pair, pair_mask)
-        pair = pair + self.triangle_attention_ending_node(pair, pair_mask)
-        pair = pair + self.pair_transition(pair, pair_mask)
+        pair += self.triangle_multiplication_outgoing(pair, pair_mask)
+        pair += self.triangle_multiplication_incoming(pair, pair_mask)
+        pair += self.triangle_attention_starting_node(pair, pair_mask)
+        pair += self.triangle_attention_ending_node(pair, pair_mask)
+        pair += self.pair_transition(pair, pair_mask)
         return msa, pair
 
 

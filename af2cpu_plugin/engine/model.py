@@ -32,7 +32,7 @@ class AlphaFoldIteration(nn.Module):
         self.config = model_config
         evo = model_config.embeddings_and_evoformer
         heads = model_config.heads
-        self.evoformer = EmbeddingsAndEvoformer(evo)
+        self.evoformer = EmbeddingsAndEvoformer(evo, model_config.global_config)
         self.structure_module = StructureModule(heads.structure_module, evo.seq_channel, evo.pair_channel)
         self.distogram_head = DistogramHead(heads.distogram, evo.pair_channel)
         self.masked_msa_head = MaskedMsaHead(heads.masked_msa, evo.msa_channel)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .primitives import clear_derived
+
 ROOT_SCOPE = "alphafold/alphafold_iteration"
 
 
@@ -123,6 +125,7 @@ def bind_params(model: nn.Module, params: Mapping, root: str = ROOT_SCOPE) -> No
             for i in stack:
                 value = value[i]
             getattr(owner, attr).data = value.contiguous()
+    clear_derived(model)  # layouts derived from the old values (primitives.derived)
 
 
 def subset(params: Mapping, prefix: str) -> Optional[Dict[str, object]]:

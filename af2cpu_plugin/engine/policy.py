@@ -24,13 +24,20 @@ class RuntimePolicy:
     Attributes:
       precision: "fp32" (the parity reference) or "bf16" (not yet served).
       subbatch_size: rows of a batched attention/transition processed at once;
-        None runs each module on the whole tensor. Smaller saves memory on
-        long sequences; it never changes the result beyond rounding.
+        None leaves it to ``slice_bytes``. Smaller saves memory on long
+        sequences; it never changes the result beyond rounding.
+      slice_bytes: with ``subbatch_size`` None, rows are sliced so that each
+        sliced input holds at most this many bytes (a module's temporaries are
+        a few times that). It is a speed setting: glibc hands out blocks over
+        its mmap threshold (at most 32 MiB) as fresh pages, and faulting them
+        in costs about as much as the GEMM that fills them, while smaller
+        blocks are reused. None runs each module on the whole tensor.
       threads: intra-op threads for torch; None leaves torch's setting alone.
     """
 
     precision: str = "fp32"
     subbatch_size: Optional[int] = None
+    slice_bytes: Optional[int] = 2 * 1024 * 1024
     threads: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -38,6 +45,8 @@ class RuntimePolicy:
             raise ValueError(f"unknown precision {self.precision!r}; use fp32 or bf16")
         if self.subbatch_size is not None and self.subbatch_size < 1:
             raise ValueError("subbatch_size must be a positive number of rows")
+        if self.slice_bytes is not None and self.slice_bytes < 1:
+            raise ValueError("slice_bytes must be a positive number of bytes")
 
     @property
     def dtype(self) -> torch.dtype:

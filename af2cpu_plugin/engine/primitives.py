@@ -10,10 +10,11 @@ The modules hold no values of their own: :mod:`.params` binds them.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 # AF2's additive mask value and its logit clip (alphafold.model.half_precision),
 # at fp32. Clipping matters: a fully masked row would otherwise give NaN.
@@ -31,6 +32,70 @@ def mask_to_bias(mask: torch.Tensor) -> torch.Tensor:
     return BIG_NEG * (1.0 - mask.to(torch.float32))
 
 
+# --- GEMM -------------------------------------------------------------------
+# oneDNN's fp32 inner-product kernel is about twice as fast as MKL's sgemm (what
+# torch.matmul/addmm use) on this engine's [N*N, c] x [c, c'] shapes, and it
+# applies the bias (and a ReLU, or a product with another tensor) in the same
+# pass over the output. It is still fp32 with fp32 accumulation: results equal
+# addmm's to rounding. It wants the weight as [out, in].
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def linear_2d(
+    x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.Tensor], post: str = "none"
+) -> torch.Tensor:
+    """``post(x @ weight_t.T + bias)`` for 2-D ``x`` [m, in], ``weight_t`` [out, in].
+
+    ``post`` is ``"none"`` or ``"relu"``.
+    """
+    if _ONEDNN and x.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise(x, weight_t, bias, post, [], "")
+    y = F.linear(x, weight_t, bias)
+    return torch.relu_(y) if post == "relu" else y
+
+
+def linear_2d_mul(
+    x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.Tensor], other: torch.Tensor
+) -> torch.Tensor:
+    """``(x @ weight_t.T + bias) * other`` with the product fused into the GEMM's output pass."""
+    if _ONEDNN and x.dtype == torch.float32 and other.is_contiguous():
+        return torch.ops.mkldnn._linear_pointwise(x, other, weight_t, bias, "mul")
+    return F.linear(x, weight_t, bias).mul_(other)
+
+
+def derived(module: nn.Module, name: str, build: Callable[..., object], *sources: torch.Tensor):
+    """``build(*sources)``, cached on ``module`` until a source parameter changes.
+
+    Modules keep haiku's parameter layout (that is what gets bound), and derive
+    the layouts their kernels want (weights transposed or concatenated) here,
+    once per binding rather than once per call. A cache entry is stale when a
+    source was rebound (``param.data = ...``: new storage, hence a new address;
+    the entry keeps the old storage alive, so that address cannot be reused
+    while it is cached) or changed in place (its version counter moved).
+    :func:`.params.bind_params` also drops every cache, to free the memory.
+    """
+    cache = module.__dict__.setdefault("_derived_cache", {})
+    stamp = tuple((p.data_ptr(), _version(p)) for p in sources)
+    entry = cache.get(name)
+    if entry is not None and entry[0] == stamp:
+        return entry[2]
+    with torch.no_grad():
+        value = build(*(p.detach() for p in sources))
+    cache[name] = (stamp, tuple(p.detach() for p in sources), value)
+    return value
+
+
+def _version(p: torch.Tensor) -> int:
+    # Inference tensors keep no version counter (and cannot be changed outside inference mode).
+    return -1 if p.is_inference() else p._version
+
+
+def clear_derived(model: nn.Module) -> None:
+    """Forget every layout :func:`derived` cached under ``model``."""
+    for module in model.modules():
+        module.__dict__.pop("_derived_cache", None)
+
+
 class Linear(nn.Module):
     """``y = x·W + b`` over the last ``num_input_dims`` axes (common_modules.Linear)."""
 
@@ -46,14 +111,33 @@ class Linear(nn.Module):
         self.weights = empty_param(*self.in_shape, *self.out_shape)
         self.bias = empty_param(*self.out_shape) if use_bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n_in = len(self.in_shape)
-        lead = x.shape[: x.dim() - n_in]
-        w = self.weights.reshape(math.prod(self.in_shape), math.prod(self.out_shape))
-        y = torch.matmul(x.reshape(*lead, -1), w)
-        if self.bias is not None:
-            y = y + self.bias.reshape(-1)
+    def kernel_params(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(weight [out, in] contiguous, flat bias or None): the layout :func:`linear_2d` takes."""
+        n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        if self.bias is None:
+            return derived(self, "w_t", lambda w: w.reshape(n_in, n_out).t().contiguous(), self.weights), None
+        return derived(
+            self, "w_t_b", lambda w, b: (w.reshape(n_in, n_out).t().contiguous(), b.reshape(n_out)),
+            self.weights, self.bias,
+        )
+
+    def _apply(self, x: torch.Tensor, fn) -> torch.Tensor:
+        lead = x.shape[: x.dim() - len(self.in_shape)]
+        w_t, b = self.kernel_params()
+        y = fn(x.reshape(-1, w_t.shape[1]), w_t, b)
         return y.reshape(*lead, *self.out_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(x, linear_2d)
+
+    def forward_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(self(x))``, the ReLU applied in the GEMM's output pass."""
+        return self._apply(x, lambda x2, w, b: linear_2d(x2, w, b, "relu"))
+
+    def forward_mul(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``self(x) * other`` (``other`` shaped like the output), the product fused into the GEMM."""
+        n_out = math.prod(self.out_shape)
+        return self._apply(x, lambda x2, w, b: linear_2d_mul(x2, w, b, other.reshape(-1, n_out)))
 
 
 class LayerNorm(nn.Module):
@@ -104,6 +188,41 @@ class Attention(nn.Module):
         self.output_w = empty_param(num_head, self.value_dim, output_dim)
         self.output_b = empty_param(output_dim)
 
+    def _projection_params(self, with_kv: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One [out, c] weight (and bias) for the query, (key, value,) and gate projections.
+
+        Concatenating them makes the projections one wide GEMM. The query scale
+        ``key_dim**-0.5`` is folded into the query weights (AF2 scales q after
+        the projection: the same to rounding). Only the gate has a bias.
+        """
+
+        def build(query_w, key_w, value_w, gating_w, gating_b):
+            c = query_w.shape[0]
+            parts = [query_w.reshape(c, -1) * self.key_dim ** (-0.5)]
+            if with_kv:
+                parts += [key_w.reshape(c, -1), value_w.reshape(c, -1)]
+            if self.gating:
+                parts.append(gating_w.reshape(c, -1))
+            weight_t = torch.cat(parts, dim=1).t().contiguous()
+            bias = torch.zeros(weight_t.shape[0], dtype=weight_t.dtype)
+            if self.gating:
+                bias[-gating_b.numel():] = gating_b.reshape(-1)
+            return weight_t, bias
+
+        gating = (self.gating_w, self.gating_b) if self.gating else (self.query_w, self.query_w)
+        return derived(self, f"proj{int(with_kv)}", build, self.query_w, self.key_w, self.value_w, *gating)
+
+    def _kv_params(self) -> torch.Tensor:
+        return derived(
+            self, "kv", lambda k, v: torch.cat([k.reshape(k.shape[0], -1), v.reshape(v.shape[0], -1)], 1).t().contiguous(),
+            self.key_w, self.value_w,
+        )
+
+    def _output_params(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return derived(
+            self, "out", lambda w, b: (w.reshape(-1, w.shape[-1]).t().contiguous(), b), self.output_w, self.output_b
+        )
+
     def forward(
         self,
         q_data: torch.Tensor,
@@ -113,19 +232,64 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """q_data [b, q, c], m_data [b, k, c], bias broadcastable to [b, h, q, k],
         nonbatched_bias [h, q, k] -> [b, q, output_dim]."""
-        q = torch.einsum("bqa,ahc->bhqc", q_data, self.query_w) * self.key_dim ** (-0.5)
-        k = torch.einsum("bka,ahc->bhkc", m_data, self.key_w)
-        v = torch.einsum("bka,ahc->bhkc", m_data, self.value_w)
-        logits = torch.matmul(q, k.transpose(-1, -2)) + bias
-        if nonbatched_bias is not None:
-            logits = logits + nonbatched_bias.unsqueeze(0)
-        logits = logits.clamp(-LOGIT_CLIP, LOGIT_CLIP)
-        weights = torch.softmax(logits, dim=-1)
-        weighted_avg = torch.matmul(weights, v).transpose(1, 2)  # [b, q, h, c]
+        b, nq, _ = q_data.shape
+        nk = m_data.shape[1]
+        h, ck, cv = self.num_head, self.key_dim, self.value_dim
+        qk_width = h * ck
+        # Projections as plain 2-D GEMMs; heads are split by views, not copies.
+        self_attention = q_data is m_data
+        proj = linear_2d(q_data.reshape(b * nq, -1), *self._projection_params(with_kv=self_attention))
+        if self_attention:
+            kv = proj[:, qk_width : 2 * qk_width + h * cv]
+        else:
+            kv = linear_2d(m_data.reshape(b * nk, -1), self._kv_params(), None)
+        q = proj[:, :qk_width].view(b, nq, h, ck).transpose(1, 2)
+        k = kv[:, :qk_width].view(b, nk, h, ck).transpose(1, 2)
+        v = kv[:, qk_width:].view(b, nk, h, cv).transpose(1, 2)
+
+        # scaled_dot_product_attention's CPU kernel does logits, softmax and the
+        # weighted average in tiles without the [b, h, q, k] weights (q is
+        # pre-scaled, hence scale=1).
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=_additive_mask(bias, nonbatched_bias), scale=1.0)
+        out = _uniform_where_fully_masked(out, v, bias)
+        # The kernel writes [b, q, h, c] memory, so this is a view.
+        weighted_avg = out.transpose(1, 2).reshape(b * nq, h * cv)
         if self.gating:
-            gate = torch.einsum("bqc,chv->bqhv", q_data, self.gating_w) + self.gating_b
-            weighted_avg = weighted_avg * torch.sigmoid(gate)
-        return torch.einsum("bqhc,hco->bqo", weighted_avg, self.output_w) + self.output_b
+            gate = proj[:, -h * cv :]
+            weighted_avg = weighted_avg.mul_(torch.sigmoid(gate))
+        return linear_2d(weighted_avg, *self._output_params()).view(b, nq, -1)
+
+
+def _additive_mask(bias: torch.Tensor, nonbatched_bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``bias + nonbatched_bias`` as one attention mask, materialized only when it must be.
+
+    The kernel takes broadcast masks. With no masked key (bias all zero, the
+    unpadded case) the sum is the pair bias itself, shared by the batch.
+    Otherwise the [b, h, q, k] sum is written once, contiguous (the kernel
+    would copy a strided one).
+    """
+    if nonbatched_bias is None:
+        return bias
+    nonbatched_bias = nonbatched_bias.unsqueeze(0)
+    if not bool(bias.any()):
+        return nonbatched_bias
+    shape = torch.broadcast_shapes(bias.shape, nonbatched_bias.shape)
+    return torch.add(bias, nonbatched_bias, out=bias.new_empty(shape))
+
+
+def _uniform_where_fully_masked(out: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """AF2's result for a query whose keys are all masked: the plain mean of the values.
+
+    AF2 clips the logits to ±LOGIT_CLIP before the softmax, so a row whose keys
+    all carry the mask bias (-1e9, far below -LOGIT_CLIP) becomes a row of equal
+    logits: uniform weights, whatever q·k and the pair bias were. The unclipped
+    softmax would weight such a row by those small terms instead.
+    out [b, h, q, c], v [b, h, k, c], bias broadcastable to [b, h, q, k].
+    """
+    dead = (bias <= BIG_NEG / 2).all(dim=-1, keepdim=True)  # [b|1, h|1, q|1, 1]
+    if not bool(dead.any()):
+        return out
+    return torch.where(dead, v.mean(dim=-2, keepdim=True), out)
 
 
 class GlobalAttention(nn.Module):

@@ -31,7 +31,7 @@ class Transition(nn.Module):
         self.transition2 = Linear(num_intermediate, num_channel)
 
     def _mlp(self, act: torch.Tensor) -> torch.Tensor:
-        return self.transition2(torch.relu(self.transition1(act)))
+        return self.transition2(self.transition1.forward_relu(act))
 
     def forward(self, act: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """act [b, n, c] -> update [b, n, c].

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .primitives import LayerNorm, Linear
+from .primitives import LayerNorm, Linear, derived, linear_2d
 
 _OUTGOING = "ikc,jkc->ijc"
 _INCOMING = "kjc,kic->ijc"
@@ -43,23 +43,30 @@ class TriangleMultiplication(nn.Module):
         self.output_projection = Linear(ci, pair_channel)
         self.gating_linear = Linear(pair_channel, pair_channel)
 
-    @staticmethod
-    def _channel_major(lin: Linear, x_t: torch.Tensor) -> torch.Tensor:
-        """``lin(x)`` for x given as ``[c_in, N*N]``, returned channel-major ``[c_out, N*N]``."""
-        return torch.matmul(lin.weights.t(), x_t) + lin.bias[:, None]
+    def _channel_major_params(self):
+        """``projection`` and ``gate`` stacked as one [4c, c_z] weight and a [4c, 1] bias."""
+
+        def build(pw, pb, gw, gb):
+            return torch.cat([pw, gw], dim=1).t().contiguous(), torch.cat([pb, gb])[:, None]
+
+        lin_p, lin_g = self.projection, self.gate
+        return derived(self, "proj_gate", build, lin_p.weights, lin_p.bias, lin_g.weights, lin_g.bias)
 
     def forward(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """pair_act [R, R, c_z], pair_mask [R, R] -> update [R, R, c_z]."""
         n0, n1, cz = pair_act.shape
         ci = self.num_intermediate_channel
-        act = self.left_norm_input(pair_act)
-        act_t = act.reshape(n0 * n1, cz).t()  # [c_z, N*N], a view: matmul reads it transposed
+        act = self.left_norm_input(pair_act).reshape(n0 * n1, cz)
         mask = pair_mask.to(act.dtype).reshape(1, n0 * n1)
 
-        # Channel-major [2c, N*N] so the triangle contraction is a bmm over channels.
-        proj = self._channel_major(self.projection, act_t)
-        proj = proj * mask
-        proj = proj * torch.sigmoid(self._channel_major(self.gate, act_t))
+        # Channel-major [4c, N*N] (projection rows, then gate rows) so that the
+        # triangle contraction below is a bmm over channels: W·actᵀ is the
+        # GEMM linear_2d computes with the roles of input and weight swapped
+        # (so the bias runs along rows and is added separately).
+        weight_t, bias = self._channel_major_params()
+        proj_gate = linear_2d(weight_t, act, None).add_(bias)
+        proj, gate = proj_gate[: 2 * ci], proj_gate[2 * ci :]
+        proj = proj.mul_(mask).mul_(gate.sigmoid_())  # masked before the gate, as haiku
         left = proj[:ci].reshape(ci, n0, n1)
         right = proj[ci:].reshape(ci, n0, n1)
         if self.outgoing:
@@ -68,8 +75,8 @@ class TriangleMultiplication(nn.Module):
         else:
             # out[c, i, j] = sum_k left[c, k, j] * right[c, k, i]
             tri = torch.bmm(right.transpose(1, 2), left)
-        del proj, left, right
+        del proj_gate, proj, gate, left, right
 
         out = self.center_norm(tri.permute(1, 2, 0))
-        out = self.output_projection(out)
-        return out * torch.sigmoid(self.gating_linear(act))
+        gate_out = torch.sigmoid_(self.gating_linear(act))
+        return self.output_projection.forward_mul(out, gate_out).reshape(n0, n1, cz)

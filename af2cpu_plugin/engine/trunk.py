@@ -10,6 +10,7 @@ from torch import nn
 from .embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder
 from .evoformer import EvoformerStack
 from .primitives import Linear
+from .templates import TemplateEmbedding, TemplateTorsionEmbedder
 
 # Feature widths fixed by AlphaFold's input pipeline.
 TARGET_FEAT_DIM = 22
@@ -20,17 +21,29 @@ class EmbeddingsAndEvoformer(nn.Module):
     """Embeds features, recycles the previous pass, runs the extra-MSA stack
     (Suppl. Alg. 18) and the Evoformer (Alg. 6), and projects the single
     representation. Haiku scope: ``evoformer``.
+
+    With ``config.template.enabled`` the templates' pair embedding (Suppl. Alg.
+    2 lines 9-13) is added to the pair representation before the extra-MSA
+    stack and, with ``embed_torsion_angles``, their torsion-angle rows (lines
+    7-8) are appended to the MSA for the Evoformer and cropped off the
+    ``msa`` output. ``global_config`` (``model.global_config``) is read for
+    ``zero_init``, which haiku uses to pick the torsion placeholder
+    (ColabFold's configs: ``zero_init=True``, no placeholder).
     """
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, global_config=None) -> None:
         super().__init__()
-        if config.template.enabled:
-            raise NotImplementedError("template embedding is not implemented in the cpu engine yet")
         self.config = config
         c = config
         self.input_embedder = InputEmbedder(TARGET_FEAT_DIM, MSA_FEAT_DIM, c.msa_channel, c.pair_channel,
                                             c.max_relative_feature)
         self.recycling_embedder = RecyclingEmbedder(c.prev_pos, c.msa_channel, c.pair_channel)
+        if c.template.enabled:
+            self.template_embedding = TemplateEmbedding(c.template, c.pair_channel)
+            if c.template.embed_torsion_angles:
+                zero_init = True if global_config is None else bool(global_config.zero_init)
+                self.template_torsion_embedder = TemplateTorsionEmbedder(
+                    c.msa_channel, placeholder_for_undefined=not zero_init)
         self.extra_msa_embedder = ExtraMsaEmbedder(c.extra_msa_channel)
         self.extra_msa_stack = EvoformerStack(c.evoformer, c.extra_msa_stack_num_block,
                                               c.extra_msa_channel, c.pair_channel, is_extra_msa=True)
@@ -52,12 +65,25 @@ class EmbeddingsAndEvoformer(nn.Module):
         seq_mask = batch["seq_mask"]
         pair_mask = seq_mask[:, None] * seq_mask[None, :]
 
+        if c.template.enabled:
+            pair = pair + self.template_embedding(
+                pair, batch["template_aatype"], batch["template_pseudo_beta"], batch["template_pseudo_beta_mask"],
+                batch["template_all_atom_positions"], batch["template_all_atom_masks"], batch["template_mask"],
+                pair_mask)
+
         extra = self.extra_msa_embedder(batch["extra_msa"], batch["extra_has_deletion"],
                                         batch["extra_deletion_value"])
         _, pair = self.extra_msa_stack(extra, pair, batch["extra_msa_mask"], pair_mask)
         del extra
 
-        msa, pair = self.evoformer_iteration(msa, pair, batch["msa_mask"], pair_mask)
+        msa_mask = batch["msa_mask"]
+        if c.template.enabled and c.template.embed_torsion_angles:
+            template_rows, template_row_mask = self.template_torsion_embedder(
+                batch["template_aatype"], batch["template_all_atom_positions"], batch["template_all_atom_masks"])
+            msa = torch.cat([msa, template_rows], dim=0)
+            msa_mask = torch.cat([msa_mask, template_row_mask.to(msa_mask.dtype)], dim=0)
+
+        msa, pair = self.evoformer_iteration(msa, pair, msa_mask, pair_mask)
         num_sequences = batch["msa_feat"].shape[0]
         return {
             "single": self.single_activations(msa[0]),

@@ -74,12 +74,17 @@ def msa_depth(a3m_text: str) -> int:
     return max(1, sum(1 for line in a3m_text.splitlines() if line.startswith(">")))
 
 
-def processed_features(cfg, a3m_text: str, random_seed: int = 0, model_type: str = "alphafold2_ptm") -> Dict[str, np.ndarray]:
+def processed_features(cfg, a3m_text: str, random_seed: int = 0, model_type: str = "alphafold2_ptm",
+                       templates: Optional[list] = None) -> Dict[str, np.ndarray]:
     """ColabFold's own path from an a3m, a bare sequence, or chains joined by ``:``
-    (a complex folded with a monomer model) to the runner's features."""
+    (a complex folded with a monomer model) to the runner's features.
+
+    ``templates`` (one template feature dict per unique chain, e.g. from
+    :func:`custom_template_features`) replaces ColabFold's mock templates."""
     from alphafold.model import features
     from colabfold.batch import generate_input_feature, unserialize_msa
 
+    template_override = templates
     if a3m_text.lstrip().startswith(">"):
         query = a3m_text.splitlines()[1].strip()
         unpaired, paired, seqs, card, templates = unserialize_msa([a3m_text], query)
@@ -90,12 +95,32 @@ def processed_features(cfg, a3m_text: str, random_seed: int = 0, model_type: str
         paired = None
         from colabfold.batch import mk_mock_template
         templates = [mk_mock_template(s) for s in seqs]
+    if template_override is not None:
+        templates = template_override
     feature_dict, _ = generate_input_feature(seqs, card, unpaired, paired, templates, len(seqs) > 1, model_type,
                                              max_seq=cfg.data.eval.max_msa_clusters)
     feat = features.np_example_to_features(np_example=feature_dict, config=cfg, random_seed=random_seed)
     r = feat["aatype"].shape[0]
     feat["asym_id"] = np.tile(feature_dict["asym_id"], r).reshape(r, -1)  # as colabfold.batch.predict_structure
     return feat
+
+
+def custom_template_features(query_sequence: str, template_dir, work_dir) -> list:
+    """Template features as ColabFold builds them for ``--templates --custom-template-path DIR``
+    with ``--msa-mode single_sequence`` (offline: hhsearch and kalign from colabfold-binaries).
+
+    ``template_dir`` holds mmCIF files named like PDB entries (``1abc.cif``: the
+    featuriser parses the hit name as ``PDBID_chain``); ColabFold writes its
+    pdb70 index there (and may patch the files), so pass a scratch copy.
+    Returns the list of template feature dicts (one per unique sequence) for
+    :func:`processed_features`.
+    """
+    from colabfold.batch import get_msa_and_templates, mk_hhsearch_db
+
+    mk_hhsearch_db(str(template_dir))
+    *_, templates = get_msa_and_templates("job", query_sequence, None, Path(work_dir), "single_sequence",
+                                          True, str(template_dir), "unpaired_paired")
+    return templates
 
 
 def _cache_dir() -> Path:

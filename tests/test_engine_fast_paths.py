@@ -1,0 +1,105 @@
+"""The engine's faster execution paths give AF2's numbers.
+
+Covers what the reduced-size oracle tests would not reach on their own:
+fully masked attention rows with large logits (AF2's logit clip makes them
+uniform) and derived weight layouts following rebound or edited params.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+import torch
+
+from af2cpu_plugin.engine.params import bind_params, expected_params
+from af2cpu_plugin.engine.primitives import LOGIT_CLIP, Attention, Linear, mask_to_bias
+
+
+def _random_params(module, root, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return {
+        k: (scale * rng.normal(size=s) / np.sqrt(s[0] if len(s) > 1 else 1)).astype(np.float32)
+        for k, s in expected_params(module, root=root).items()
+    }
+
+
+def _reference_attention(p, q_data, m_data, bias, nonbatched_bias, key_dim):
+    """modules.Attention (non-Pallas branch) in float64 with its logit clip."""
+    d = {k.split("//")[1]: torch.from_numpy(v).double() for k, v in p.items()}
+    q_data, m_data, bias, nonbatched_bias = (x.double() for x in (q_data, m_data, bias, nonbatched_bias))
+    q = torch.einsum("bqa,ahc->bqhc", q_data, d["query_w"]) * key_dim ** (-0.5)
+    k = torch.einsum("bka,ahc->bkhc", m_data, d["key_w"])
+    v = torch.einsum("bka,ahc->bkhc", m_data, d["value_w"])
+    logits = torch.einsum("bqhc,bkhc->bhqk", q, k) + bias + nonbatched_bias[None]
+    weights = torch.softmax(logits.clamp(-LOGIT_CLIP, LOGIT_CLIP), dim=-1)
+    avg = torch.einsum("bhqk,bkhc->bqhc", weights, v)
+    gate = torch.sigmoid(torch.einsum("bqc,chv->bqhv", q_data, d["gating_w"]) + d["gating_b"])
+    return torch.einsum("bqhc,hco->bqo", avg * gate, d["output_w"]) + d["output_b"]
+
+
+def test_attention_fully_masked_rows_are_uniform():
+    """A row whose keys are all masked gets AF2's uniform weights even when q·k and
+    the pair bias are large (an unclipped softmax would follow them)."""
+    b, n, c, h = 4, 9, 16, 2
+    att = Attention(c, c, c, h).eval()
+    p = _random_params(att, "attention", scale=3.0)
+    bind_params(att, p, root="attention")
+    gen = torch.Generator().manual_seed(0)
+    x = 4.0 * torch.randn(b, n, c, generator=gen)
+    mask = torch.ones(b, n)
+    mask[0] = 0.0  # every key of batch row 0 masked
+    mask[1, -3:] = 0.0  # some keys masked
+    bias = mask_to_bias(mask)[:, None, None, :]
+    nonbatched = 50.0 * torch.randn(h, n, n, generator=gen)
+    with torch.inference_mode():
+        ours = att(x, x, bias, nonbatched)
+        unmasked = att(x, x, torch.zeros_like(bias), nonbatched)  # the broadcast-mask path
+    ref = _reference_attention(p, x, x, bias, nonbatched, c // h)
+    torch.testing.assert_close(ours.double(), ref, rtol=0, atol=1e-4 * float(ref.abs().max()))
+    ref_unmasked = _reference_attention(p, x, x, torch.zeros_like(bias), nonbatched, c // h)
+    torch.testing.assert_close(unmasked.double(), ref_unmasked, rtol=0, atol=1e-4 * float(ref_unmasked.abs().max()))
+
+
+def test_derived_layouts_follow_params():
+    """Cached kernel layouts are rebuilt after bind_params, .data assignment and in-place edits."""
+    lin = Linear(6, 5)
+    x = torch.randn(3, 6)
+
+    def expect():
+        return x @ lin.weights.detach() + lin.bias.detach()
+
+    bind_params(lin, _random_params(lin, "lin", seed=1), root="lin")
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x), expect())
+    bind_params(lin, _random_params(lin, "lin", seed=2), root="lin")
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x), expect())
+    lin.weights.data = torch.randn(6, 5)
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x), expect())
+    with torch.no_grad():
+        lin.bias.add_(1.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x), expect())
+
+
+
+def test_attention_with_separate_memory():
+    """q_data and m_data differ (template pointwise attention): its own key/value projection."""
+    b, nq, nk, c, h = 5, 1, 4, 16, 2
+    att = Attention(c, c, c, h).eval()
+    p = _random_params(att, "attention", seed=3)
+    bind_params(att, p, root="attention")
+    gen = torch.Generator().manual_seed(1)
+    q_data = torch.randn(b, nq, c, generator=gen)
+    m_data = torch.randn(b, nk, c, generator=gen)
+    mask = torch.ones(nk)
+    mask[-1] = 0.0
+    bias = mask_to_bias(mask)[None, None, None, :]
+    with torch.inference_mode():
+        ours = att(q_data, m_data, bias)
+    ref = _reference_attention(p, q_data, m_data, bias, torch.zeros(h, nq, nk), c // h)
+    torch.testing.assert_close(ours.double(), ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
