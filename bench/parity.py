@@ -9,9 +9,11 @@ JAX against itself with ``msa_feat`` perturbed by one float32 ulp.
     python bench/parity.py                      # both cases, 3 recycles
     python bench/parity.py --case single130 --num-recycle 1
 
-Cases: ``deep_msa`` (59 aa, 7,797 sequences: fills 512 clusters + 5,120 extra)
-and ``single130`` (the 130-residue chain of the shared AF2 prediction, single
-sequence). Prints a markdown table and writes bench/results/parity.json.
+Cases: ``deep_msa`` (59 aa, 7,797 sequences: fills 512 clusters + 5,120 extra),
+``single130`` (the 130-residue chain of the shared AF2 prediction, single
+sequence) and ``templates130`` (the same chain with that prediction's mmCIF as
+a custom template, found by ColabFold's offline hhsearch; model 1, which
+embeds templates). Prints a markdown table and writes bench/results/parity.json.
 """
 
 from __future__ import annotations
@@ -35,12 +37,25 @@ TARGETS = {"coordinates (Å)": 0.05, "pLDDT": 0.1, "PAE": 0.05}
 def case_input(name: str) -> str:
     if name == "deep_msa":
         return (SHARED / "deep_msa_59aa_7797seqs.a3m").read_text()
-    if name == "single130":
+    if name in ("single130", "templates130"):
         from alphafold.common import protein, residue_constants
 
         prot = protein.from_pdb_string((SHARED / "ERR550519_2213899_unrelaxed_model_1.pdb").read_text())
         return "".join(residue_constants.restypes_with_x[a] for a in prot.aatype)
-    raise SystemExit(f"unknown case {name!r}; use deep_msa or single130")
+    raise SystemExit(f"unknown case {name!r}; use deep_msa, single130 or templates130")
+
+
+def template_features(query: str):
+    """ColabFold's features for --templates --custom-template-path (a scratch copy of the mmCIF)."""
+    import shutil
+    import tempfile
+
+    from af2cpu_plugin.testing import parity
+
+    work = Path(tempfile.mkdtemp(prefix="af2cpu-templates-"))
+    (work / "templates").mkdir()
+    shutil.copy(SHARED / "ERR550519_2213899_unrelaxed_model_1.cif", work / "templates" / "1err.cif")
+    return parity.custom_template_features(query, work / "templates", work)
 
 
 # One-ulp perturbations of the input for the noise floor. One sample of a
@@ -70,9 +85,8 @@ def worst(rows):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", choices=["deep_msa", "single130", "all"], default="all")
+    ap.add_argument("--case", choices=["deep_msa", "single130", "templates130", "all"], default="all")
     ap.add_argument("--num-recycle", type=int, default=3)
-    ap.add_argument("--model-number", type=int, default=3)
     ap.add_argument("--data", type=Path, default=None, help="data dir with params/ (random params are made if absent)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "parity.json")
     args = ap.parse_args(argv)
@@ -84,18 +98,24 @@ def main(argv=None) -> int:
     from af2cpu_plugin.testing import parity
 
     data = args.data or Path(os.environ.get("AF2CPU_TEST_CACHE", Path.home() / ".cache" / "af2cpu-plugin" / "test-params")) / "bench-data"
-    write_random_params(data, "alphafold2_ptm", models=(args.model_number,), seed=0)
-    npz = data / "params" / f"params_model_{args.model_number}_ptm.npz"
-    jax_params = get_model_haiku_params(str(data), "alphafold2_ptm", str(args.model_number), use_fuse=True, to_jnp=False)
-    cpu_flat = {k: v.numpy() for k, v in load_params(npz).items()}
-
-    cases = ["deep_msa", "single130"] if args.case == "all" else [args.case]
+    cases = ["deep_msa", "single130", "templates130"] if args.case == "all" else [args.case]
     report = {}
     for name in cases:
+        # Model 3 (no templates) as ColabFold runs it without --templates; model 1 with them.
+        model_number = 1 if name == "templates130" else 3
+        write_random_params(data, "alphafold2_ptm", models=(model_number,), seed=0)
+        npz = data / "params" / f"params_model_{model_number}_ptm.npz"
+        jax_params = get_model_haiku_params(str(data), "alphafold2_ptm", str(model_number), use_fuse=True,
+                                            to_jnp=False)
+        cpu_flat = {k: v.numpy() for k, v in load_params(npz).items()}
         text = case_input(name)
-        cfg = parity.colabfold_config(f"model_{args.model_number}_ptm", args.num_recycle,
-                                      msa_depth=parity.msa_depth(text))
-        feat = parity.processed_features(cfg, text)
+        if name == "templates130":
+            # colabfold.batch.run: single sequence + templates keeps 1 + 4 rows for the template torsions
+            cfg = parity.colabfold_config("model_1_ptm", args.num_recycle, msa_depth=5)
+            feat = parity.processed_features(cfg, text, templates=template_features(text))
+        else:
+            cfg = parity.colabfold_config("model_3_ptm", args.num_recycle, msa_depth=parity.msa_depth(text))
+            feat = parity.processed_features(cfg, text)
         L = feat["aatype"].shape[1]
         t = time.time()
         jax_flat = {f"{s}//{n}": np.asarray(v) for s, d in jax_params.items() for n, v in d.items()}
@@ -109,7 +129,7 @@ def main(argv=None) -> int:
                                                 jax_flat=jax_flat, cpu=False)
             floors[label] = parity.compare(jax_ret, jax_again)
         floor = worst(floors.values())
-        report[name] = {"length": L, "msa_clusters": int(feat["msa_feat"].shape[1]),
+        report[name] = {"model": f"model_{model_number}_ptm", "length": L, "msa_clusters": int(feat["msa_feat"].shape[1]),
                         "extra_msa": int(feat["extra_msa"].shape[1]), "num_recycle": args.num_recycle,
                         "cpu_vs_jax": diffs, "cpu_vs_jax_first_pass": first_pass,
                         "jax_vs_jax_1ulp_worst": floor, "jax_vs_jax_1ulp": floors,

@@ -22,7 +22,8 @@ from af2cpu_plugin.engine.policy import RuntimePolicy
 from af2cpu_plugin.engine.transition import Transition
 from af2cpu_plugin.engine.triangle_attention import TriangleAttention
 from af2cpu_plugin.engine.triangle_multiplication import TriangleMultiplication
-from af2cpu_plugin.testing.oracle import fp32_global_config, haiku_reference, max_mean_abs
+from af2cpu_plugin.testing.oracle import (as_tensor, assert_close, fp32_global_config, haiku_reference,
+                                          max_mean_abs)
 
 hk = pytest.importorskip("haiku")
 modules = pytest.importorskip("alphafold.model.modules")
@@ -62,26 +63,17 @@ def make_inputs(seed: int = 0, n_seq: int = N_SEQ, c_m: int = C_M):
     return msa, pair, msa_mask, pair_mask
 
 
-def t(x):
-    return torch.from_numpy(np.asarray(x, np.float32).copy())
 
 
 def check(name, ours, ref):
-    ours = ours.detach().numpy() if isinstance(ours, torch.Tensor) else ours
-    ref = np.asarray(ref)
-    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != {ref.shape}"
-    assert np.isfinite(ours).all(), f"{name}: non-finite output"
-    mx, mean = max_mean_abs(ours, ref)
-    scale = max(1.0, float(np.abs(ref).max()))
-    print(f"{name}: max|d|={mx:.3e} mean|d|={mean:.3e} (scale {scale:.2f})")
-    assert mx < REL_TOL * scale, f"{name}: max|d|={mx:.3e} mean|d|={mean:.3e} scale={scale:.3e}"
+    return assert_close(name, ours, ref, REL_TOL)
 
 
 def run_torch(module, flat, root, *inputs):
     module.eval()
     bind_params(module, flat, root=root)
     with torch.inference_mode():
-        return module(*[t(x) for x in inputs])
+        return module(*[as_tensor(x) for x in inputs])
 
 
 # --------------------------------------------------------------------------- single modules
@@ -303,7 +295,7 @@ def test_full_size_param_shapes(is_extra_msa, num_block, c_m):
 def test_subbatched_matches_unchunked():
     """RuntimePolicy(subbatch_size=2) changes nothing beyond rounding."""
     cfg = evoformer_config()
-    inputs = [t(x) for x in make_inputs(seed=3)]
+    inputs = [as_tensor(x) for x in make_inputs(seed=3)]
     for is_extra_msa in (False, True):
         name = "extra_msa_stack" if is_extra_msa else "evoformer_iteration"
         flat, _ = haiku_reference(_haiku_iteration(cfg, fp32_global_config(), is_extra_msa, name), *make_inputs(3))

@@ -17,7 +17,8 @@ import torch
 from af2cpu_plugin.engine.params import bind_params
 from af2cpu_plugin.engine.template_features import atom37_to_torsion_angles
 from af2cpu_plugin.engine.templates import SingleTemplateEmbedding, TemplateEmbedding, TemplatePairStack
-from af2cpu_plugin.testing.oracle import fp32_global_config, haiku_reference, max_mean_abs
+from af2cpu_plugin.testing.oracle import (as_tensor, assert_close, fp32_global_config, haiku_reference,
+                                          max_mean_abs)
 
 hk = pytest.importorskip("haiku")
 modules = pytest.importorskip("alphafold.model.modules")
@@ -52,30 +53,17 @@ def template_config(unit_vector: bool = False):
     return c
 
 
-def t(x):
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.integer):
-        return torch.from_numpy(x.astype(np.int64))
-    return torch.from_numpy(np.asarray(x, np.float32).copy())
 
 
 def check(name, ours, ref, tol=REL_TOL):
-    ours = ours.detach().numpy() if isinstance(ours, torch.Tensor) else ours
-    ref = np.asarray(ref)
-    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != {ref.shape}"
-    assert np.isfinite(ours).all(), f"{name}: non-finite output"
-    mx, mean = max_mean_abs(ours, ref)
-    scale = max(1.0, float(np.abs(ref).max()))
-    print(f"{name}: max|d|={mx:.3e} mean|d|={mean:.3e} (scale {scale:.2f})")
-    assert mx < tol * scale, f"{name}: max|d|={mx:.3e} mean|d|={mean:.3e} scale={scale:.3e}"
-    return mx, mean
+    return assert_close(name, ours, ref, tol)
 
 
 def run_torch(module, flat, root, *inputs):
     module.eval()
     bind_params(module, flat, root=root)
     with torch.inference_mode():
-        return module(*[t(x) for x in inputs])
+        return module(*[as_tensor(x) for x in inputs])
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +136,7 @@ def test_torsion_angles_match_all_atom(structure, placeholder):
     aa_b, pos_b, mask_b = np.stack([aatype, aa2]), np.stack([pos, pos2]), np.stack([mask, mask2])
     ref = all_atom.atom37_to_torsion_angles(aa_b, pos_b, mask_b, placeholder_for_undefined=placeholder)
     with torch.inference_mode():
-        ours = atom37_to_torsion_angles(t(aa_b), t(pos_b), t(mask_b), placeholder_for_undefined=placeholder)
+        ours = atom37_to_torsion_angles(as_tensor(aa_b), as_tensor(pos_b), as_tensor(mask_b), placeholder_for_undefined=placeholder)
     for k in ("torsion_angles_sin_cos", "alt_torsion_angles_sin_cos", "torsion_angles_mask"):
         check(k, ours[k], ref[k])
     np.testing.assert_array_equal(ours["torsion_angles_mask"].numpy(), np.asarray(ref["torsion_angles_mask"]))
@@ -324,7 +312,7 @@ def test_masked_torsions_are_rounding_noise(template_case):
     fn = lambda a, p, m: all_atom.atom37_to_torsion_angles(a, p, m, placeholder_for_undefined=False)  # noqa: E731
     eager, jitted = fn(*args), jax.jit(fn)(*args)
     with torch.inference_mode():
-        ours = atom37_to_torsion_angles(*[t(x) for x in args])
+        ours = atom37_to_torsion_angles(*[as_tensor(x) for x in args])
     mask = np.asarray(eager["torsion_angles_mask"], bool)
     key = "torsion_angles_sin_cos"
     e, j, o = np.asarray(eager[key]), np.asarray(jitted[key]), ours[key].numpy()

@@ -13,20 +13,6 @@ from .chunking import subbatched
 from .primitives import Attention, GlobalAttention, LayerNorm, empty_param, mask_to_bias
 
 
-def _attention(config, channel: int, num_channel_kv: int = None) -> Attention:
-    """modules.Attention with its config-given (optional) key/value widths."""
-    kv = channel if num_channel_kv is None else num_channel_kv
-    return Attention(
-        channel,
-        kv,
-        channel,
-        config.num_head,
-        gating=config.gating,
-        key_dim=config.get("key_dim", channel),
-        value_dim=config.get("value_dim", kv),
-    )
-
-
 class MSARowAttentionWithPairBias(nn.Module):
     """Suppl. Alg. 7 "MSARowAttentionWithPairBias"."""
 
@@ -36,7 +22,7 @@ class MSARowAttentionWithPairBias(nn.Module):
         self.query_norm = LayerNorm(msa_channel)
         self.feat_2d_norm = LayerNorm(pair_channel)
         self.feat_2d_weights = empty_param(pair_channel, config.num_head)
-        self.attention = _attention(config, msa_channel)
+        self.attention = Attention.from_config(config, msa_channel)
 
     def forward(self, msa_act: torch.Tensor, msa_mask: torch.Tensor, pair_act: torch.Tensor) -> torch.Tensor:
         """msa_act [S, R, c_m], msa_mask [S, R], pair_act [R, R, c_z] -> update [S, R, c_m]."""
@@ -56,7 +42,7 @@ class MSAColumnAttention(nn.Module):
         super().__init__()
         assert config.orientation == "per_column"
         self.query_norm = LayerNorm(msa_channel)
-        self.attention = _attention(config, msa_channel)
+        self.attention = Attention.from_config(config, msa_channel)
 
     def forward(self, msa_act: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
         """msa_act [S, R, c_m], msa_mask [S, R] -> update [S, R, c_m]."""

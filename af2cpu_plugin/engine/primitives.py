@@ -188,6 +188,14 @@ class Attention(nn.Module):
         self.output_w = empty_param(num_head, self.value_dim, output_dim)
         self.output_b = empty_param(output_dim)
 
+    @classmethod
+    def from_config(cls, config, q_channel: int, m_channel: Optional[int] = None) -> "Attention":
+        """As haiku builds it from a module config: output width = query width,
+        key/value widths from the config when given (templates), else the inputs'."""
+        m_channel = q_channel if m_channel is None else m_channel
+        return cls(q_channel, m_channel, q_channel, config.num_head, gating=config.gating,
+                   key_dim=config.get("key_dim", q_channel), value_dim=config.get("value_dim", m_channel))
+
     def _projection_params(self, with_kv: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """One [out, c] weight (and bias) for the query, (key, value,) and gate projections.
 

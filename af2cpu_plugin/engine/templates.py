@@ -149,10 +149,7 @@ class TemplateEmbedding(nn.Module):
         stack = config.template_pair_stack
         num_channel = stack.triangle_attention_ending_node.value_dim
         self.single_template_embedding = SingleTemplateEmbedding(config, num_channel)
-        att = config.attention
-        self.attention = Attention(pair_channel, num_channel, pair_channel, att.num_head, gating=att.gating,
-                                   key_dim=att.get("key_dim", pair_channel),
-                                   value_dim=att.get("value_dim", num_channel))
+        self.attention = Attention.from_config(config.attention, pair_channel, num_channel)
 
     def forward(self, query_embedding: torch.Tensor, template_aatype: torch.Tensor,
                 template_pseudo_beta: torch.Tensor, template_pseudo_beta_mask: torch.Tensor,

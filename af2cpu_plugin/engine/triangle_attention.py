@@ -22,15 +22,7 @@ class TriangleAttention(nn.Module):
         self.per_column = config.orientation == "per_column"
         self.query_norm = LayerNorm(pair_channel)
         self.feat_2d_weights = empty_param(pair_channel, config.num_head)
-        self.attention = Attention(
-            pair_channel,
-            pair_channel,
-            pair_channel,
-            config.num_head,
-            gating=config.gating,
-            key_dim=config.get("key_dim", pair_channel),
-            value_dim=config.get("value_dim", pair_channel),
-        )
+        self.attention = Attention.from_config(config, pair_channel)
 
     def forward(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """pair_act [R, R, c_z], pair_mask [R, R] -> update [R, R, c_z]."""

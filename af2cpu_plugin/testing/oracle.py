@@ -56,3 +56,27 @@ def max_mean_abs(a: Any, b: Any) -> Tuple[float, float]:
     """max and mean |a-b| (both as float64 numpy)."""
     d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
     return float(d.max()), float(d.mean())
+
+
+def as_tensor(x):
+    """numpy -> torch for module tests: integers as int64, everything else float32 (a copy)."""
+    import torch
+
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer):
+        return torch.from_numpy(x.astype(np.int64))
+    return torch.from_numpy(np.asarray(x, np.float32).copy())
+
+
+def assert_close(name: str, ours: Any, ref: Any, rel_tol: float = 1e-4) -> Tuple[float, float]:
+    """Assert max |ours - ref| < rel_tol * max(1, max|ref|); print and return (max, mean) |Δ|."""
+    if hasattr(ours, "detach"):
+        ours = ours.detach().numpy()
+    ref = np.asarray(ref)
+    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} != {ref.shape}"
+    assert np.isfinite(ours).all(), f"{name}: non-finite output"
+    mx, mean = max_mean_abs(ours, ref)
+    scale = max(1.0, float(np.abs(ref).max()))
+    print(f"{name}: max|d|={mx:.3e} mean|d|={mean:.3e} (scale {scale:.2f})")
+    assert mx < rel_tol * scale, f"{name}: max|d|={mx:.3e} mean|d|={mean:.3e} scale={scale:.3e}"
+    return mx, mean
