@@ -183,19 +183,13 @@ def make_random_params(model_type: str, model_number: int, seed: int = 0) -> Dic
 
 
 def _atomic_savez(path, arrays: Mapping[str, np.ndarray]) -> None:
-    import os
-    import tempfile
+    from .atomic import atomic_write
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
             np.savez(fh, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the real files are world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def write_random_params(data_dir, model_type: str = "alphafold2_ptm", models=(1, 2, 3, 4, 5), seed: int = 0):

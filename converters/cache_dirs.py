@@ -1,4 +1,4 @@
-"""Where converted files go, and atomic writes.
+"""Where converted files go.
 
 The converted ``.safetensors`` sits beside its ``.npz`` when that directory
 is writable, else in the user cache dir: ``$AF2CPU_CACHE`` or
@@ -8,9 +8,7 @@ is writable, else in the user cache dir: ``$AF2CPU_CACHE`` or
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 CACHE_ENV = "AF2CPU_CACHE"
 
@@ -24,28 +22,3 @@ def user_cache_dir() -> Path:
 
 def is_writable_dir(d: Path) -> bool:
     return d.is_dir() and os.access(d, os.W_OK | os.X_OK)
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_name)`` into a temp file beside ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-
-    atomic_write(path, write)

@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .cache_dirs import atomic_write_bytes, user_cache_dir
+from af2cpu_plugin.atomic import atomic_write_bytes
+
+from .cache_dirs import user_cache_dir
 
 _CHUNK = 1 << 22
 

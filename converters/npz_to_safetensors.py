@@ -7,7 +7,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .cache_dirs import atomic_write
+from af2cpu_plugin.atomic import atomic_write
 from .errors import ConversionError
 from .fuse import fuse_triangle_multiplication
 from .hashing import file_sha256

@@ -31,10 +31,10 @@ import functools
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Tuple
 
+from af2cpu_plugin.atomic import atomic_write_bytes
 from af2cpu_plugin.hooks.errors import UsageError
 from af2cpu_plugin.hooks.manager import merged
 
@@ -163,15 +163,7 @@ def record(result_dir: Any, entries: Dict[str, Any]) -> Path:
     except (OSError, ValueError):
         config = {}
     config.update(entries)
-    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(config, indent=4))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, json.dumps(config, indent=4).encode())
     return path
 
 
