@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     ap.add_argument("--case", choices=["deep_msa", "single130", "templates130", "all"], default="all")
     ap.add_argument("--num-recycle", type=int, default=3)
     ap.add_argument("--data", type=Path, default=None, help="data dir with params/ (random params are made if absent)")
+    ap.add_argument("--torsion-placeholders", action="store_true",
+                    help="templates130: give undefined template torsions AF2's placeholder on both engines "
+                         "(zero_init=False) instead of ColabFold's float32 rounding noise")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "parity.json")
     args = ap.parse_args(argv)
 
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
         if name == "templates130":
             # colabfold.batch.run: single sequence + templates keeps 1 + 4 rows for the template torsions
             cfg = parity.colabfold_config("model_1_ptm", args.num_recycle, msa_depth=5)
+            cfg.model.global_config.zero_init = not args.torsion_placeholders
             feat = parity.processed_features(cfg, text, templates=template_features(text))
         else:
             cfg = parity.colabfold_config("model_3_ptm", args.num_recycle, msa_depth=parity.msa_depth(text))

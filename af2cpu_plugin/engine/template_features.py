@@ -1,12 +1,11 @@
 """Geometric template features: torsion angles and backbone unit vectors.
 
-Torch versions of ``all_atom.atom37_to_torsion_angles`` (the template rows of
-Suppl. Alg. 2 lines 7-8) and of the backbone-frame unit vectors of
-``modules.SingleTemplateEmbedding`` (``quat_affine.make_transform_from_reference``
-then ``invert_point``). The operations follow AlphaFold's order (same epsilons,
-same sums), so the numbers agree with the JAX ones to float32 rounding.
-
-The per-residue-type tables come from ``alphafold.common.residue_constants``.
+The torsion angles of the template rows (Suppl. Alg. 2 lines 7-8) come from
+ColabFold's own jitted function (see :func:`colabfold_torsion_angles` for
+why); the backbone-frame unit vectors of ``modules.SingleTemplateEmbedding``
+(``quat_affine.make_transform_from_reference`` then ``invert_point``) are torch,
+in AlphaFold's order of operations (same epsilons, same sums), so they agree
+with the JAX ones to float32 rounding.
 """
 
 from __future__ import annotations
@@ -22,114 +21,35 @@ from alphafold.common import residue_constants as rc
 _N, _CA, _C = (rc.atom_order[a] for a in ("N", "CA", "C"))
 
 
-@functools.lru_cache(maxsize=None)
-def _chi_tables() -> Dict[str, np.ndarray]:
-    """Chi-atom indices [21, 4, 4], chi mask [21, 4] and pi-periodicity [21, 4] (UNK last, all zero)."""
-    indices = []
-    for letter in rc.restypes:
-        chis = [[rc.atom_order[a] for a in chi] for chi in rc.chi_angles_atoms[rc.restype_1to3[letter]]]
-        chis += [[0, 0, 0, 0]] * (4 - len(chis))
-        indices.append(chis)
-    indices.append([[0, 0, 0, 0]] * 4)
-    mask = list(rc.chi_angles_mask) + [[0.0, 0.0, 0.0, 0.0]]
-    return {
-        "chi_atom_indices": np.asarray(indices, np.int64),
-        "chi_angles_mask": np.asarray(mask, np.float32),
-        "chi_pi_periodic": np.asarray(rc.chi_pi_periodic, np.float32),
-    }
+def colabfold_torsion_angles(aatype: torch.Tensor, all_atom_pos: torch.Tensor, all_atom_mask: torch.Tensor,
+                             placeholder_for_undefined: bool = False) -> Dict[str, torch.Tensor]:
+    """The 7 template torsions as (sin, cos), their alternatives and masks, by ColabFold's own
+    ``all_atom.atom37_to_torsion_angles``, jitted as in ColabFold's model.
 
-
-def _table(name: str, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.as_tensor(_chi_tables()[name], device=like.device).to(dtype)
-
-
-def _robust_normalize(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """r3.vecs_robust_normalize on ``[..., 3]``."""
-    x, y, z = v.unbind(-1)
-    return v / torch.sqrt(x * x + y * y + z * z + eps)[..., None]
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
-
-
-def atom37_to_torsion_angles(
-    aatype: torch.Tensor,
-    all_atom_pos: torch.Tensor,
-    all_atom_mask: torch.Tensor,
-    placeholder_for_undefined: bool = False,
-) -> Dict[str, torch.Tensor]:
-    """The 7 torsion angles (pre-omega, phi, psi, chi1-4) as (sin, cos), and their masks.
-
-    aatype [B, N] (int), all_atom_pos [B, N, 37, 3], all_atom_mask [B, N, 37] ->
-    ``torsion_angles_sin_cos`` and ``alt_torsion_angles_sin_cos`` [B, N, 7, 2],
-    ``torsion_angles_mask`` [B, N, 7]. As ``all_atom.atom37_to_torsion_angles``.
+    Why not torch: with ColabFold's configs (``zero_init=True``, no
+    placeholder) the *undefined* torsions (residue 0's pre-omega, residues
+    after a template gap) come from a degenerate frame, and their values are
+    whatever XLA's fused float32 ops round to: eager JAX gives (0, 0), jitted
+    JAX a unit vector. They still enter the MSA rows, so only XLA's own
+    arithmetic reproduces ColabFold (first-pass coordinates 8.9 Å apart
+    otherwise, 6e-4 Å this way, bench/parity.py --case templates130). The
+    features are tiny ([templates, residues, 7, 2]); everything learned stays
+    in torch.
     """
+    fn = _jitted_torsions(bool(placeholder_for_undefined))
+    out = fn(aatype.cpu().numpy().astype(np.int32), all_atom_pos.detach().cpu().float().numpy(),
+             all_atom_mask.detach().cpu().float().numpy())
     dtype = all_atom_pos.dtype
-    aatype = torch.clamp(aatype.long(), max=20)  # anything past 20 is UNK
-    all_atom_mask = all_atom_mask.to(dtype)
+    return {k: torch.from_numpy(np.array(v, np.float32)).to(dtype) for k, v in out.items()}
 
-    prev_pos = torch.cat([torch.zeros_like(all_atom_pos[:, :1]), all_atom_pos[:, :-1]], dim=1)
-    prev_mask = torch.cat([torch.zeros_like(all_atom_mask[:, :1]), all_atom_mask[:, :-1]], dim=1)
 
-    # The 4 atoms of each backbone torsion [B, N, 4, 3].
-    pre_omega_pos = torch.cat([prev_pos[:, :, 1:3], all_atom_pos[:, :, 0:2]], dim=-2)  # prev CA, C; N, CA
-    phi_pos = torch.cat([prev_pos[:, :, 2:3], all_atom_pos[:, :, 0:3]], dim=-2)  # prev C; N, CA, C
-    psi_pos = torch.cat([all_atom_pos[:, :, 0:3], all_atom_pos[:, :, 4:5]], dim=-2)  # N, CA, C; O
+@functools.lru_cache(maxsize=None)
+def _jitted_torsions(placeholder_for_undefined: bool):
+    import jax
+    from alphafold.model import all_atom
 
-    pre_omega_mask = torch.prod(prev_mask[:, :, 1:3], dim=-1) * torch.prod(all_atom_mask[:, :, 0:2], dim=-1)
-    phi_mask = prev_mask[:, :, 2] * torch.prod(all_atom_mask[:, :, 0:3], dim=-1)
-    psi_mask = torch.prod(all_atom_mask[:, :, 0:3], dim=-1) * all_atom_mask[:, :, 4]
-
-    atom_indices = torch.as_tensor(_chi_tables()["chi_atom_indices"], device=aatype.device)[aatype]  # [B, N, 4, 4]
-    b, n = aatype.shape
-    flat_idx = atom_indices.reshape(b, n, 16)
-    chis_pos = torch.gather(all_atom_pos, 2, flat_idx[..., None].expand(b, n, 16, 3)).reshape(b, n, 4, 4, 3)
-    chis_mask = _table("chi_angles_mask", aatype, dtype)[aatype]
-    chi_atoms_mask = torch.gather(all_atom_mask, 2, flat_idx).reshape(b, n, 4, 4)
-    chis_mask = chis_mask * torch.prod(chi_atoms_mask, dim=-1)
-
-    torsions_pos = torch.cat(
-        [pre_omega_pos[:, :, None], phi_pos[:, :, None], psi_pos[:, :, None], chis_pos], dim=2
-    )  # [B, N, 7, 4, 3]
-    torsion_angles_mask = torch.cat(
-        [pre_omega_mask[..., None], phi_mask[..., None], psi_mask[..., None], chis_mask], dim=2
-    )
-
-    # r3.rigids_from_3_points: atom 1 on the negative x axis, atom 2 the origin,
-    # atom 0 in the xy plane (Suppl. Alg. 21, Gram-Schmidt).
-    origin = torsions_pos[..., 2, :]
-    e0 = _robust_normalize(origin - torsions_pos[..., 1, :])
-    e1_raw = torsions_pos[..., 0, :] - origin
-    e1 = _robust_normalize(e1_raw - _dot(e1_raw, e0)[..., None] * e0)
-    e2 = torch.cross(e0, e1, dim=-1)
-    # The fourth atom in that frame: inverse rigid (R^T, -R^T t) applied to it.
-    # R's columns are e0, e1, e2, so R^T v is (e0·v, e1·v, e2·v); only y, z are used.
-    fourth = torsions_pos[..., 3, :]
-    rel_y = _dot(e1, fourth) - _dot(e1, origin)
-    rel_z = _dot(e2, fourth) - _dot(e2, origin)
-
-    sin_cos = torch.stack([rel_z, rel_y], dim=-1)
-    sin_cos = sin_cos / torch.sqrt(rel_z * rel_z + rel_y * rel_y + 1e-8)[..., None]
-    # psi is measured from the oxygen: mirror it.
-    sin_cos = sin_cos * sin_cos.new_tensor([1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0])[:, None]
-
-    chi_is_ambiguous = _table("chi_pi_periodic", aatype, dtype)[aatype]
-    mirror = torch.cat([torch.ones_like(chi_is_ambiguous[..., :3]), 1.0 - 2.0 * chi_is_ambiguous], dim=-1)
-    alt_sin_cos = sin_cos * mirror[..., None]
-
-    if placeholder_for_undefined:
-        # Undefined torsions (e.g. the N-terminal pre-omega) become (sin, cos) = (1, 0).
-        placeholder = torch.stack([torch.ones_like(torsion_angles_mask), torch.zeros_like(torsion_angles_mask)], -1)
-        m = torsion_angles_mask[..., None]
-        sin_cos = sin_cos * m + placeholder * (1 - m)
-        alt_sin_cos = alt_sin_cos * m + placeholder * (1 - m)
-
-    return {
-        "torsion_angles_sin_cos": sin_cos,
-        "alt_torsion_angles_sin_cos": alt_sin_cos,
-        "torsion_angles_mask": torsion_angles_mask,
-    }
+    return jax.jit(lambda a, p, m: all_atom.atom37_to_torsion_angles(
+        aatype=a, all_atom_pos=p, all_atom_mask=m, placeholder_for_undefined=placeholder_for_undefined))
 
 
 def template_single_features(
@@ -144,7 +64,7 @@ def template_single_features(
     torsion masks (7), as ``EmbeddingsAndEvoformer`` builds them for the
     template rows of the MSA (Suppl. Alg. 2 line 7).
     """
-    ret = atom37_to_torsion_angles(template_aatype, template_all_atom_positions, template_all_atom_masks,
+    ret = colabfold_torsion_angles(template_aatype, template_all_atom_positions, template_all_atom_masks,
                                    placeholder_for_undefined)
     num_templ, num_res = template_aatype.shape
     dtype = template_all_atom_positions.dtype
