@@ -14,6 +14,8 @@ from typing import Dict, Mapping
 
 import numpy as np
 
+from af2cpu_plugin.engine.params import flatten
+
 GATING_WEIGHT_STD = 0.02
 SCALE_JITTER = 0.1
 BIAS_STD = 0.005
@@ -67,11 +69,11 @@ _INIT_NUM_TEMPLATES = 1
 
 def params_file_name(model_type: str, model_number: int) -> str:
     """The file ColabFold reads for a monomer model (colabfold.alphafold.models)."""
-    if model_type == "alphafold2_ptm":
-        return f"params_model_{model_number}_ptm.npz"
-    if model_type == "alphafold2":
-        return f"params_model_{model_number}.npz"
-    raise ValueError(f"random params support model types {MONOMER_MODEL_TYPES}, not {model_type!r}")
+    if model_type not in MONOMER_MODEL_TYPES:
+        raise ValueError(f"random params support model types {MONOMER_MODEL_TYPES}, not {model_type!r}")
+    from af2cpu_plugin.hooks.colabfold_seam import params_file_name as colabfold_file_name
+
+    return colabfold_file_name(model_type, model_number)
 
 
 def config_name(model_type: str, model_number: int) -> str:
@@ -178,11 +180,11 @@ def make_random_params(model_type: str, model_number: int, seed: int = 0) -> Dic
     s = model_seed(model_type, model_number, seed)
     init = jax.jit(hk.transform(forward).init)
     params = init(jax.random.PRNGKey(s), batch)
-    flat = {f"{scope}//{name}": np.asarray(v, np.float32) for scope, d in params.items() for name, v in d.items()}
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
     return perturb_constant_arrays(flat, seed=s)
 
 
-def _atomic_savez(path, arrays: Mapping[str, np.ndarray]) -> None:
+def save_npz_atomically(path, arrays: Mapping[str, np.ndarray]) -> None:
     from .atomic import atomic_write
 
     def write(tmp: str) -> None:
@@ -207,7 +209,7 @@ def write_random_params(data_dir, model_type: str = "alphafold2_ptm", models=(1,
     for n in models:
         path = params_dir / params_file_name(model_type, int(n))
         if not path.exists():
-            _atomic_savez(str(path), make_random_params(model_type, int(n), seed))
+            save_npz_atomically(str(path), make_random_params(model_type, int(n), seed))
         paths.append(path)
     marker = params_dir / MONOMER_DOWNLOAD_MARKER
     if not marker.exists():

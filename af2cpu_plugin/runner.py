@@ -26,7 +26,13 @@ from .engine.policy import RuntimePolicy
 
 logger = logging.getLogger(__name__)
 
-PREV_SHAPES = {"prev_msa_first_row": (256,), "prev_pair": (128,)}
+
+
+def zero_prev(num_res: int) -> Dict[str, np.ndarray]:
+    """The float16 zeros RunModel.predict starts its recycle loop from (its widths: 256, 128)."""
+    return {"prev_msa_first_row": np.zeros((num_res, 256), np.float16),
+            "prev_pair": np.zeros((num_res, num_res, 128), np.float16),
+            "prev_pos": np.zeros((num_res, 37, 3), np.float16)}
 
 
 class UnsupportedConfig(ValueError):
@@ -140,13 +146,10 @@ class CpuRunModel:
             raise UnsupportedConfig("no params assigned to the runner")
         num_iters = self.config.model.num_recycle + 1
         L = feat["aatype"].shape[1]
-        prev = {k: np.zeros((L, L, *s) if k == "prev_pair" else (L, *s), np.float16)
-                for k, s in PREV_SHAPES.items()}
+        prev = zero_prev(L)
         if "all_atom_positions" in feat:
             logger.info("INFO: using provided all_atom_positions as initial guess")
             prev["prev_pos"] = np.asarray(feat["all_atom_positions"], np.float16)
-        else:
-            prev["prev_pos"] = np.zeros((L, 37, 3), np.float16)
 
         threads = self.policy.threads
         if threads:

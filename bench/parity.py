@@ -96,11 +96,13 @@ def main(argv=None) -> int:
 
     from colabfold.alphafold.models import get_model_haiku_params
 
-    from af2cpu_plugin.converters import load_params, nested
+    from af2cpu_plugin.converters import load_params
+    from af2cpu_plugin.engine.params import flatten
     from af2cpu_plugin.random_params import write_random_params
     from af2cpu_plugin.testing import parity
+    from af2cpu_plugin.testing.params_cache import test_cache_root
 
-    data = args.data or Path(os.environ.get("AF2CPU_TEST_CACHE", Path.home() / ".cache" / "af2cpu-plugin" / "test-params")) / "bench-data"
+    data = args.data or test_cache_root() / "bench-data"
     cases = ["deep_msa", "single130", "templates130"] if args.case == "all" else [args.case]
     report = {}
     for name in cases:
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
             feat = parity.processed_features(cfg, text)
         L = feat["aatype"].shape[1]
         t = time.time()
-        jax_flat = {f"{s}//{n}": np.asarray(v) for s, d in jax_params.items() for n, v in d.items()}
+        jax_flat = {k: np.asarray(v) for k, v in flatten(jax_params).items()}
         history = []
         jax_ret, cpu_ret = parity.run_both_fp32(cfg, cpu_flat, feat, jax_flat=jax_flat, history=history)
         first_pass = parity.compare(*history[0])

@@ -81,8 +81,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from af2cpu_plugin.random_params import write_random_params
+    from af2cpu_plugin.testing.params_cache import test_cache_root
 
-    data = a.data or Path(os.environ.get("AF2CPU_TEST_CACHE", Path.home() / ".cache" / "af2cpu-plugin" / "test-params")) / "bench-data"
+    data = a.data or test_cache_root() / "bench-data"
     write_random_params(data, "alphafold2_ptm", models=(3,), seed=0)
     ctx = mp.get_context("spawn")
     results = []

@@ -11,7 +11,9 @@
 from .errors import ConversionError
 from .fuse import fuse_triangle_multiplication, is_unfused
 from .hashing import file_sha256
-from .load import load_params, nested
+from af2cpu_plugin.engine.params import nested
+
+from .load import load_params
 from .npz_reader import read_npz
 from .npz_to_safetensors import CONVERTER_FORMAT_VERSION, convert_arrays, convert_npz
 from .params_cache import convert_data_dir, converted_name, ensure_converted, find_cached

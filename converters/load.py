@@ -27,12 +27,3 @@ def load_params(npz_path, log: LogSink = LOG,
     flat = load_file(str(path))
     check_expected(flat, expected, source=str(Path(npz_path)))
     return flat
-
-
-def nested(flat: Mapping[str, object]) -> Dict[str, Dict[str, object]]:
-    """``{"scope//name": x}`` -> ``{"scope": {"name": x}}`` as haiku gives params."""
-    out: Dict[str, Dict[str, object]] = {}
-    for key, value in flat.items():
-        scope, name = key.split("//")
-        out.setdefault(scope, {})[name] = value
-    return out

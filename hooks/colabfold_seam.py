@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Tuple

@@ -22,8 +22,7 @@ from af2cpu_plugin.engine.policy import RuntimePolicy
 from af2cpu_plugin.engine.transition import Transition
 from af2cpu_plugin.engine.triangle_attention import TriangleAttention
 from af2cpu_plugin.engine.triangle_multiplication import TriangleMultiplication
-from af2cpu_plugin.testing.oracle import (as_tensor, assert_close, fp32_global_config, haiku_reference,
-                                          max_mean_abs)
+from af2cpu_plugin.testing.oracle import as_tensor, assert_close, fp32_global_config, haiku_reference
 
 hk = pytest.importorskip("haiku")
 modules = pytest.importorskip("alphafold.model.modules")

@@ -17,8 +17,7 @@ import torch
 from af2cpu_plugin.engine.params import bind_params
 from af2cpu_plugin.engine.template_features import colabfold_torsion_angles, template_single_features
 from af2cpu_plugin.engine.templates import SingleTemplateEmbedding, TemplateEmbedding, TemplatePairStack
-from af2cpu_plugin.testing.oracle import (as_tensor, assert_close, fp32_global_config, haiku_reference,
-                                          max_mean_abs)
+from af2cpu_plugin.testing.oracle import as_tensor, assert_close, fp32_global_config, haiku_reference
 
 hk = pytest.importorskip("haiku")
 modules = pytest.importorskip("alphafold.model.modules")

@@ -91,6 +91,15 @@ def flatten(params: Mapping) -> Dict[str, object]:
     return flat
 
 
+def nested(flat: Mapping[str, object]) -> Dict[str, Dict[str, object]]:
+    """Flat ``scope//name`` keys -> ``{scope: {name: array}}`` as haiku gives params (inverse of :func:`flatten`)."""
+    out: Dict[str, Dict[str, object]] = {}
+    for key, value in flat.items():
+        scope, name = key.split("//")
+        out.setdefault(scope, {})[name] = value
+    return out
+
+
 def _as_tensor(array: object) -> torch.Tensor:
     if isinstance(array, torch.Tensor):
         return array.detach().to(torch.float32)

@@ -17,6 +17,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
 
+from ..engine.params import flatten, nested
 from ..random_params import perturb_constant_arrays
 
 
@@ -41,13 +42,8 @@ def haiku_reference(build: Callable[..., Any], *inputs: np.ndarray, seed: int = 
     fn = hk.transform(build)
     key = jax.random.PRNGKey(seed)
     params = fn.init(key, *inputs)
-    flat = {f"{scope}//{name}": np.asarray(v) for scope, d in params.items() for name, v in d.items()}
-    flat = perturb_constant_arrays(flat, seed=seed)
-    nested: Dict[str, Dict[str, np.ndarray]] = {}
-    for k, v in flat.items():
-        scope, name = k.split("//")
-        nested.setdefault(scope, {})[name] = v
-    out = jax.jit(fn.apply)(nested, key, *inputs)
+    flat = perturb_constant_arrays({k: np.asarray(v) for k, v in flatten(params).items()}, seed=seed)
+    out = jax.jit(fn.apply)(nested(flat), key, *inputs)
     out = jax.tree_util.tree_map(np.asarray, out)
     return flat, out
 

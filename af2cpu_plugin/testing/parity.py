@@ -18,7 +18,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
 
-from ..random_params import perturb_constant_arrays
+from ..engine.params import flatten, nested
+from ..random_params import perturb_constant_arrays, save_npz_atomically
+from .params_cache import test_cache_root
 
 
 def colabfold_config(model_name: str = "model_3_ptm", num_recycle: int = 1, *, evoformer_blocks: Optional[int] = None,
@@ -123,13 +125,6 @@ def custom_template_features(query_sequence: str, template_dir, work_dir) -> lis
     return templates
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("AF2CPU_TEST_CACHE") or Path.home() / ".cache" / "af2cpu-plugin" / "test-params"
-    path = Path(root) / "configs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def random_params_for_config(cfg, feat: Dict[str, np.ndarray], seed: int = 0) -> Dict[str, np.ndarray]:
     """Haiku init (zero_init=False) of ColabFold's monomer model for ``cfg`` + noise; cached on disk.
 
@@ -140,7 +135,7 @@ def random_params_for_config(cfg, feat: Dict[str, np.ndarray], seed: int = 0) ->
     from alphafold.model import model as af_model
 
     key = hashlib.sha256((cfg.to_json_best_effort(sort_keys=True) + f"|seed={seed}|v2").encode()).hexdigest()[:20]
-    path = _cache_dir() / f"params-{key}.npz"
+    path = test_cache_root() / "configs" / f"params-{key}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -152,20 +147,10 @@ def random_params_for_config(cfg, feat: Dict[str, np.ndarray], seed: int = 0) ->
     runner = af_model.RunModel(init_cfg, None)
     one_pass = jax.tree_util.tree_map(lambda x: x[:1], feat)
     runner.init_params(one_pass, random_seed=seed)
-    flat = {f"{scope}//{name}": np.asarray(v) for scope, d in runner.params.items() for name, v in d.items()}
-    flat = perturb_constant_arrays(flat, seed=seed)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)
+    flat = perturb_constant_arrays({k: np.asarray(v) for k, v in flatten(runner.params).items()}, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_npz_atomically(path, flat)
     return flat
-
-
-def nested(flat: Dict[str, np.ndarray]) -> Dict[str, Dict[str, np.ndarray]]:
-    out: Dict[str, Dict[str, np.ndarray]] = {}
-    for k, v in flat.items():
-        scope, name = k.split("//")
-        out.setdefault(scope, {})[name] = v
-    return out
 
 
 def run_jax(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0) -> Tuple[Dict[str, Any], int]:
@@ -215,16 +200,13 @@ def run_both_fp32(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0, policy=
     import jax.numpy as jnp
     from alphafold.model import model as af_model
 
-    from ..runner import CpuRunModel, _to_float16
+    from ..runner import CpuRunModel, _to_float16, zero_prev
 
     jax_runner = af_model.RunModel(copy.deepcopy(cfg), {s: {n: jnp.asarray(v) for n, v in d.items()}
                                                         for s, d in nested(jax_flat or flat).items()})
     cpu_runner = CpuRunModel(copy.deepcopy(cfg), nested(flat), policy=policy) if cpu else None
     L = feat["aatype"].shape[1]
-    zeros = {"prev_msa_first_row": np.zeros((L, 256), np.float16),
-             "prev_pair": np.zeros((L, L, 128), np.float16),
-             "prev_pos": np.zeros((L, 37, 3), np.float16)}
-    jax_prev, cpu_prev = dict(zeros), dict(zeros)
+    jax_prev, cpu_prev = zero_prev(L), zero_prev(L)
     key = jax.random.PRNGKey(seed)
     n = passes or cfg.model.num_recycle + 1
     import torch
