@@ -29,7 +29,7 @@ from af2cpu_plugin.hooks.errors import UsageError
 from af2cpu_plugin.hooks.hookspecs import hookimpl
 
 PROG = "af2cpu"
-PRECISIONS = ("fp32", "bf16")
+from af2cpu_plugin.cpu import PRECISION_CHOICES as PRECISIONS
 DEFAULT_BACKEND = "cpu"
 
 RANDOM_WEIGHTS_BANNER = """\
@@ -80,8 +80,9 @@ def _add_af2cpu_options(parser: argparse.ArgumentParser, pm, names: List[str]) -
         "--precision",
         choices=PRECISIONS,
         default=None,
-        help="Numerics of the model trunk. Default: fp32 on --backend cpu, bf16 (ColabFold's) on --backend jax."
-        "%(default).0s",
+        help="Numerics of the model trunk. 'auto' (default): on --backend cpu, bf16 where the CPU has native "
+        "bf16 dot products (avx512_bf16 or AMX), else fp32; on --backend jax, ColabFold's bf16. "
+        "config.json records the precision used.%(default).0s",
     )
     pm.hook.af2cpu_add_options(parser=parser, backend_names=list(names))
 
@@ -89,6 +90,8 @@ def _add_af2cpu_options(parser: argparse.ArgumentParser, pm, names: List[str]) -
 def _prepare_request(pm, args: argparse.Namespace) -> None:
     """Fill backend defaults, read the input, ask the backend whether it can serve it."""
     backend = args.backend
+    if args.precision == "auto":
+        args.precision = None  # the backend's default is what "auto" means for it
     for key, value in (pm.hook.af2cpu_defaults(backend=backend) or {}).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

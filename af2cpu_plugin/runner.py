@@ -20,6 +20,7 @@ import torch
 
 from alphafold.common import confidence
 
+from . import malloc
 from .engine.model import AlphaFoldIteration
 from .engine.params import bind_params
 from .engine.policy import RuntimePolicy
@@ -83,8 +84,7 @@ class CpuRunModel:
         self.config.model.calc_extended_ptm = bool(ext.get("calc_extended_ptm", False))
         self.config.model.use_probs_extended = bool(ext.get("use_probs_extended", False))
         self.policy = policy or RuntimePolicy()
-        if self.policy.precision != "fp32":
-            raise UnsupportedConfig("bf16 is not yet available on --backend cpu; use --precision fp32")
+        malloc.tune()  # process-wide: the engine's activations are reused from the heap, not re-faulted
         self.model = AlphaFoldIteration(config.model).eval()
         self._params: Optional[Mapping] = None
         if params is not None:

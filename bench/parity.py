@@ -6,14 +6,19 @@ pipeline, both runners in fp32 on identical processed features. Reports max
 and mean |Δ| of final atom positions, pLDDT, PAE and pTM, and the noise floor:
 JAX against itself with ``msa_feat`` perturbed by one float32 ulp.
 
-    python bench/parity.py                      # both cases, 3 recycles
+    python bench/parity.py                      # every case, 3 recycles, fp32
     python bench/parity.py --case single130 --num-recycle 1
+    python bench/parity.py --precision bf16     # cpu bf16 and JAX bf16, each against JAX fp32
+
+With ``--precision bf16`` the reference stays JAX in fp32, and the bar is
+ColabFold's own bf16 error: cpu bf16 against JAX fp32 must be no worse than
+JAX bf16 (``use_bfloat16=True``, ColabFold's default) against JAX fp32.
 
 Cases: ``deep_msa`` (59 aa, 7,797 sequences: fills 512 clusters + 5,120 extra),
 ``single130`` (the 130-residue chain of the shared AF2 prediction, single
 sequence) and ``templates130`` (the same chain with that prediction's mmCIF as
 a custom template, found by ColabFold's offline hhsearch; model 1, which
-embeds templates). Prints a markdown table and writes bench/results/parity.json.
+embeds templates). Prints a markdown table and writes bench/results/parity[_bf16]_CASE.json.
 """
 
 from __future__ import annotations
@@ -91,7 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--torsion-placeholders", action="store_true",
                     help="templates130: give undefined template torsions AF2's placeholder on both engines "
                          "(zero_init=False) instead of ColabFold's float32 rounding noise")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "parity.json")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
 
     from colabfold.alphafold.models import get_model_haiku_params
@@ -125,6 +131,13 @@ def main(argv=None) -> int:
         L = feat["aatype"].shape[1]
         t = time.time()
         jax_flat = {k: np.asarray(v) for k, v in flatten(jax_params).items()}
+        if args.precision == "bf16":
+            report[name] = bf16_case(cfg, cpu_flat, jax_flat, feat, args.num_recycle)
+            report[name].update({"model": f"model_{model_number}_ptm", "length": L,
+                                 "msa_clusters": int(feat["msa_feat"].shape[1]),
+                                 "extra_msa": int(feat["extra_msa"].shape[1]), "seconds": round(time.time() - t, 1)})
+            _write(args.out_dir / f"parity_bf16_{name}.json", {name: report[name]})
+            continue
         history = []
         jax_ret, cpu_ret = parity.run_both_fp32(cfg, cpu_flat, feat, jax_flat=jax_flat, history=history)
         first_pass = parity.compare(*history[0])
@@ -153,11 +166,48 @@ def main(argv=None) -> int:
             print(f"| {q} | {px:.2g} / {pm:.2g} | {mx:.3g} / {mean:.3g} | {fmx:.3g} / {fmean:.3g} "
                   f"| {TARGETS.get(q, '—')} |")
         sys.stdout.flush()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    os.replace(tmp, args.out)
+        _write(args.out_dir / f"parity_{name}.json", {name: report[name]})
     return 0
+
+
+def _write(path: Path, report) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def bf16_case(cfg, cpu_flat, jax_flat, feat, num_recycle: int) -> dict:
+    """cpu bf16 and JAX bf16, each against JAX fp32, first pass and after the recycles; prints a table."""
+    from af2cpu_plugin.cpu import cpu_info
+    from af2cpu_plugin.engine.policy import RuntimePolicy
+    from af2cpu_plugin.testing import parity
+
+    cpu_history, jax_history = [], []
+    jax_fp32, cpu_bf16 = parity.run_both_fp32(cfg, cpu_flat, feat, jax_flat=jax_flat, history=cpu_history,
+                                              policy=RuntimePolicy(precision="bf16"))
+    _, _ = parity.run_both_fp32(parity.with_bfloat16(cfg), cpu_flat, feat, jax_flat=jax_flat, cpu=False,
+                                history=jax_history)
+    jax_bf16 = jax_history[-1][0]
+    rows = {
+        "cpu_bf16_vs_jax_fp32_first_pass": parity.compare(cpu_history[0][0], cpu_history[0][1]),
+        "cpu_bf16_vs_jax_fp32": parity.compare(jax_fp32, cpu_bf16),
+        "jax_bf16_vs_jax_fp32_first_pass": parity.compare(cpu_history[0][0], jax_history[0][0]),
+        "jax_bf16_vs_jax_fp32": parity.compare(jax_fp32, jax_bf16),
+    }
+    L = feat["aatype"].shape[1]
+    print(f"\n## bf16: {L} residues, {feat['msa_feat'].shape[1]} clusters, {feat['extra_msa'].shape[1]} extra, "
+          f"{num_recycle} recycles; CPU: {cpu_info().describe()}")
+    print("| quantity | cpu bf16 vs JAX fp32, first pass | JAX bf16 vs JAX fp32, first pass "
+          "| cpu bf16 vs JAX fp32, final | JAX bf16 vs JAX fp32, final | (max / mean \\|Δ\\|) |")
+    print("|---|---|---|---|---|---|")
+    for q in rows["cpu_bf16_vs_jax_fp32"]:
+        cells = [f"{rows[k][q][0]:.3g} / {rows[k][q][1]:.2g}" for k in
+                 ("cpu_bf16_vs_jax_fp32_first_pass", "jax_bf16_vs_jax_fp32_first_pass",
+                  "cpu_bf16_vs_jax_fp32", "jax_bf16_vs_jax_fp32")]
+        print(f"| {q} | " + " | ".join(cells) + " | |")
+    sys.stdout.flush()
+    return {"precision": "bf16", "num_recycle": num_recycle, "cpu": cpu_info().describe(), **rows}
 
 
 if __name__ == "__main__":

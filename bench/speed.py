@@ -1,109 +1,260 @@
-"""Speed and memory of --backend cpu against ColabFold's JAX path, in one run.
+"""Speed and memory of --backend cpu against ColabFold's JAX path, side by side in one run.
 
-Both engines get the same processed features (ColabFold's pipeline), the same
-random params, the same precision (fp32 by default: ColabFold's
-``use_bfloat16=False``) and the same cores: each runs in a fresh child process
-pinned to the same CPUs, so its peak RSS is its own. Reports the warm time per
-recycle pass (the first pass, which includes XLA compilation, is reported
-separately), the ratio and the peak RSS.
+Every engine gets the same random params (model 3 ptm), the same processed
+features (ColabFold's pipeline, ``bench/cases.py``) and the same cores: each
+runs in a fresh child process pinned to the same CPUs, so its times and peak
+RSS are its own. Per case and engine it prints the first pass (JAX: includes
+XLA compilation), the warm pass (median of the later passes), the ratios to
+JAX's default (bf16) and to JAX fp32, the peak RSS, and the achieved matmul
+GFLOP/s (the pass's GEMM work, counted once, over the warm pass time) as a
+share of this machine's oneDNN GEMM peak for the engine's precision,
+measured in the same run on the same cores.
 
-    python bench/speed.py                       # 130 residues, single sequence, 3 passes
-    python bench/speed.py --length 76 --passes 2 --threads 2
+    python bench/speed.py                                   # every case and engine, 2 passes
+    python bench/speed.py --cases single200 --engines jax,cpu_bf16 --passes 3
+    python bench/speed.py --e2e                             # also af2cpu batch --num-models 5, both backends
+
+Engines: ``jax`` (ColabFold's default, bf16), ``jax_fp32``, ``cpu_fp32``,
+``cpu_bf16`` (only on a CPU with native bf16), ``ipex`` (the cpu engine in
+the IPEX venv, ``scripts/setup-ipex.sh``; only when that venv exists).
+Writes ``bench/results/speed.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys_path_root = str(ROOT)
+IPEX_PYTHON = ROOT / ".venv-ipex" / "bin" / "python"
+ALL_ENGINES = ("jax", "jax_fp32", "cpu_fp32", "cpu_bf16", "ipex")
+DEFAULT_CASES = ("single100", "single200", "single400", "deep_msa", "deep_msa_x3")
 
 
-def _child(engine: str, args: dict, out: "mp.Queue") -> None:
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    cpus = sorted(os.sched_getaffinity(0))[: args["threads"]]
+# ---------------------------------------------------------------------------
+# child: one engine, one case, in its own pinned process
+# ---------------------------------------------------------------------------
+
+
+def _child(engine: str, case: str, passes: int, cpus: list, data: str, count_flops: bool) -> dict:
     os.sched_setaffinity(0, cpus)
-    import sys
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    sys.path.insert(0, str(ROOT))
+    from bench.cases import case_features
 
-    sys.path.insert(0, sys_path_root)
-    from bench.parity import case_input
-    from af2cpu_plugin.testing import parity
-
-    text = case_input("single130")
-    if args["length"]:
-        text = text[: args["length"]]
-    cfg = parity.colabfold_config("model_3_ptm", args["passes"] - 1, msa_depth=1, recycle_early_stop_tolerance=-1.0)
-    feat = parity.processed_features(cfg, text)
-    data = Path(args["data"])
-    npz = data / "params" / "params_model_3_ptm.npz"
-    stamps = []
-    if engine == "jax":
-        from colabfold.alphafold.models import get_model_haiku_params
+    cfg, feat = case_features(case, passes)
+    npz = Path(data) / "params" / "params_model_3_ptm.npz"
+    flops = None
+    if engine.startswith("jax"):
         from alphafold.model import model as af_model
+        from colabfold.alphafold.models import get_model_haiku_params
 
-        params = get_model_haiku_params(str(data), "alphafold2_ptm", "3", use_fuse=True)
-        runner = af_model.RunModel(cfg, params)
+        cfg.model.global_config.bfloat16 = engine == "jax"
+        runner = af_model.RunModel(cfg, get_model_haiku_params(data, "alphafold2_ptm", "3", use_fuse=True))
     else:
         import torch
 
-        torch.set_num_threads(args["threads"])
+        torch.set_num_threads(len(cpus))
         from af2cpu_plugin.converters import load_params, nested
         from af2cpu_plugin.engine.policy import RuntimePolicy
         from af2cpu_plugin.runner import CpuRunModel
 
-        runner = CpuRunModel(cfg, nested(load_params(npz)),
-                             policy=RuntimePolicy(precision=args["precision"], threads=args["threads"]))
+        precision = "bf16" if engine in ("cpu_bf16", "ipex") else "fp32"
+        policy = RuntimePolicy(precision=precision, threads=len(cpus))
+        if engine == "ipex":
+            import dataclasses
+
+            policy = dataclasses.replace(policy, kernels="ipex")
+        runner = CpuRunModel(cfg, nested(load_params(npz)), policy=policy)
+    stamps = []
     start = time.perf_counter()
     runner.predict(feat, callback=lambda res, r: stamps.append(time.perf_counter()))
-    passes = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
-    out.put({"engine": engine, "length": int(feat["aatype"].shape[1]), "first_pass_s": passes[0],
-             "warm_pass_s": statistics.median(passes[1:]) if len(passes) > 1 else None,
-             "passes_s": passes, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-             "cpus": cpus})
+    times = [b - a for a, b in zip([start] + stamps[:-1], stamps)]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if count_flops and not engine.startswith("jax"):
+        # The model's matmul work, counted once on an extra (untimed) pass.
+        import torch
+
+        from bench.flops import MatmulFlops
+        from af2cpu_plugin.runner import zero_prev
+
+        sub = {k: v[0] for k, v in feat.items()}
+        with MatmulFlops() as counter, torch.inference_mode(), runner.policy.active():
+            runner.forward_pass(sub, zero_prev(feat["aatype"].shape[1]))
+        flops = counter.total
+    return {"engine": engine, "case": case, "length": int(feat["aatype"].shape[1]),
+            "msa_clusters": int(feat["msa_feat"].shape[1]), "extra_msa": int(feat["extra_msa"].shape[1]),
+            "first_pass_s": times[0], "warm_pass_s": statistics.median(times[1:]) if len(times) > 1 else None,
+            "passes_s": times, "peak_rss_gib": rss, "cpus": cpus, "matmul_flops": flops}
+
+
+def _peak_child(cpus: list) -> dict:
+    os.sched_setaffinity(0, cpus)
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    torch.set_num_threads(len(cpus))
+    from bench.flops import gemm_peak
+    from af2cpu_plugin.cpu import cpu_info
+
+    info = cpu_info()
+    out = {"cpu": info.describe(), "model": info.model, "capability": info.capability,
+           "native_bf16": info.native_bf16, "torch": torch.__version__,
+           "fp32_gflops": gemm_peak(torch.float32)}
+    # Emulated bf16 (no avx512_bf16/AMX) is two orders of magnitude slower: measured briefly, never used.
+    out["bf16_gflops"] = gemm_peak(torch.bfloat16, n=2048 if info.native_bf16 else 512,
+                                   seconds=1.5 if info.native_bf16 else 0.2)
+    return out
+
+
+def _run_child(python: Path, payload: dict) -> dict:
+    """Run this file as a child with ``payload``; its last stdout line is the JSON result."""
+    proc = subprocess.run([str(python), __file__, "--child", json.dumps(payload)], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"child {payload} failed:\n{tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------
+# end to end: af2cpu batch --num-models 5 on both backends
+# ---------------------------------------------------------------------------
+
+
+def end_to_end(cpus: list, data: Path, case: str, out_root: Path) -> list:
+    """Wall time of ``af2cpu batch --num-models 5`` on a single-sequence case, ColabFold's other
+    defaults (3 recycles, early stop) and each backend's default precision, pinned to ``cpus``."""
+    import shutil
+
+    from bench.cases import case_text
+    from af2cpu_plugin.random_params import write_random_params
+
+    write_random_params(data, "alphafold2_ptm", models=(1, 2, 3, 4, 5), seed=0)
+    out_root.mkdir(parents=True, exist_ok=True)
+    fasta = out_root / f"{case}.fasta"
+    fasta.write_text(f">{case}\n{case_text(case)}\n")
+    rows = []
+    for backend in ("jax", "cpu"):
+        out = out_root / f"e2e-{backend}"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = ["taskset", "-c", ",".join(map(str, cpus)), sys.executable, "-m", "af2cpu_plugin", "batch",
+               "--backend", backend, "--msa-mode", "single_sequence", "--data", str(data),
+               "--num-models", "5", str(fasta), str(out)]
+        if backend == "cpu":
+            cmd[cmd.index("--backend") + 2:cmd.index("--backend") + 2] = ["--threads", str(len(cpus))]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        config = json.loads((out / "config.json").read_text())
+        rows.append({"backend": backend, "case": case, "precision": config.get("precision"), "wall_s": wall,
+                     "command": " ".join(cmd[3:])})
+        print(f"e2e {backend} ({config.get('precision')}): {wall:.1f} s", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# parent
+# ---------------------------------------------------------------------------
+
+
+def _fmt(x, spec, unit=""):
+    return "—" if x is None else format(x, spec) + unit
 
 
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--child":
+        payload = json.loads(sys.argv[2])
+        result = _peak_child(payload["cpus"]) if payload.get("peak") else _child(**payload)
+        print(json.dumps(result))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--length", type=int, default=None, help="crop the 130-residue chain to this length")
-    ap.add_argument("--passes", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--precision", default="fp32", choices=["fp32"])
-    ap.add_argument("--engines", default="jax,cpu")
+    ap.add_argument("--cases", default=",".join(DEFAULT_CASES))
+    ap.add_argument("--engines", default=",".join(ALL_ENGINES))
+    ap.add_argument("--passes", type=int, default=2, help="recycling passes per engine (first + warm)")
+    ap.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))))
+    ap.add_argument("--e2e", action="store_true", help="also time af2cpu batch --num-models 5 on both backends")
+    ap.add_argument("--e2e-case", default="single200", help="single-sequence case for --e2e")
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
     a = ap.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    sys.path.insert(0, str(ROOT))
     from af2cpu_plugin.random_params import write_random_params
     from af2cpu_plugin.testing.params_cache import test_cache_root
 
     data = a.data or test_cache_root() / "bench-data"
     write_random_params(data, "alphafold2_ptm", models=(3,), seed=0)
-    ctx = mp.get_context("spawn")
+    cpus = sorted(os.sched_getaffinity(0))[: a.threads]
+    peak = _run_child(Path(sys.executable), {"peak": True, "cpus": cpus})
+    print(f"CPU: {peak['cpu']}\ntorch {peak['torch']}; {len(cpus)} threads on CPUs {cpus}; oneDNN GEMM peak: "
+          f"fp32 {peak['fp32_gflops']:.0f} GFLOP/s, bf16 {peak['bf16_gflops']:.1f} GFLOP/s"
+          f"{'' if peak['native_bf16'] else ' (emulated: cpu_bf16 skipped)'}", flush=True)
+    engines = [e for e in a.engines.split(",") if e]
+    if not peak["native_bf16"] and "cpu_bf16" in engines:
+        engines.remove("cpu_bf16")
+    if "ipex" in engines and not IPEX_PYTHON.exists():
+        print(f"ipex: skipped ({IPEX_PYTHON} not found; make it with scripts/setup-ipex.sh)")
+        engines.remove("ipex")
+
     results = []
-    for engine in a.engines.split(","):
-        q = ctx.Queue()
-        p = ctx.Process(target=_child, args=(engine, {"length": a.length, "passes": a.passes, "threads": a.threads,
-                                                      "precision": a.precision, "data": str(data)}, q))
-        p.start()
-        res = q.get()
-        p.join()
-        results.append(res)
-        print(f"{engine}: {res['length']} aa, first pass {res['first_pass_s']:.1f} s, warm pass "
-              f"{res['warm_pass_s']:.2f} s, peak RSS {res['peak_rss_gib']:.2f} GiB, cpus {res['cpus']}", flush=True)
-    by = {r["engine"]: r for r in results}
-    if "jax" in by and "cpu" in by:
-        print(f"speed-up cpu vs jax (warm pass): {by['jax']['warm_pass_s'] / by['cpu']['warm_pass_s']:.2f}x; "
-              f"peak RSS cpu/jax: {by['cpu']['peak_rss_gib']:.2f}/{by['jax']['peak_rss_gib']:.2f} GiB")
+    for case in [c for c in a.cases.split(",") if c]:
+        rows = []
+        for engine in engines:
+            python = IPEX_PYTHON if engine == "ipex" else Path(sys.executable)
+            res = _run_child(python, {"engine": engine, "case": case, "passes": a.passes, "cpus": cpus,
+                                      "data": str(data), "count_flops": True})
+            rows.append(res)
+            print(f"  {case} {engine}: first {res['first_pass_s']:.1f} s, warm {_fmt(res['warm_pass_s'], '.2f')} s, "
+                  f"peak RSS {res['peak_rss_gib']:.2f} GiB", flush=True)
+        by = {r["engine"]: r for r in rows}
+        # JAX does haiku's algorithm, as cpu_fp32 does; bf16 projects the outer product mean first
+        # for shallow MSAs (fewer FLOPs), so each cpu engine keeps its own count.
+        reference = next((r["matmul_flops"] for r in rows if r["engine"] == "cpu_fp32"), None) or next(
+            (r["matmul_flops"] for r in rows if r["matmul_flops"]), None)
+        for r in rows:
+            r["matmul_flops"] = r["matmul_flops"] or reference
+            flops = r["matmul_flops"]
+            warm = r["warm_pass_s"]
+            for ref in ("jax", "jax_fp32"):
+                if ref in by and warm and by[ref]["warm_pass_s"]:
+                    r[f"warm_speedup_vs_{ref}"] = by[ref]["warm_pass_s"] / warm
+            bf16 = r["engine"] in ("jax", "cpu_bf16", "ipex")
+            r["gemm_peak_gflops"] = peak["bf16_gflops" if bf16 else "fp32_gflops"]
+            if flops and warm:
+                r["achieved_gflops"] = flops / warm / 1e9
+                r["share_of_gemm_peak"] = r["achieved_gflops"] / r["gemm_peak_gflops"]
+        results.extend(rows)
+        first = rows[0]
+        print(f"\n### {case}: {first['length']} residues, {first['msa_clusters']} clusters, {first['extra_msa']} extra; "
+              f"matmul work {_fmt(reference and reference / 1e12, '.2f')} TFLOP/pass (haiku's algorithm)")
+        print("| engine | first pass (s) | warm pass (s) | vs JAX default | vs JAX fp32 | peak RSS (GiB) "
+              "| matmul GFLOP/s (share of GEMM peak) |\n|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['engine']} | {r['first_pass_s']:.1f} | {_fmt(r['warm_pass_s'], '.2f')} "
+                  f"| {_fmt(r.get('warm_speedup_vs_jax'), '.2f', 'x')} | {_fmt(r.get('warm_speedup_vs_jax_fp32'), '.2f', 'x')} "
+                  f"| {r['peak_rss_gib']:.2f} | {_fmt(r.get('achieved_gflops'), '.0f')} "
+                  f"({_fmt(r.get('share_of_gemm_peak'), '.0%')}) |")
+        print(flush=True)
+
+    e2e = end_to_end(cpus, data, a.e2e_case, ROOT / "out" / "bench") if a.e2e else None
+    if e2e:
+        by = {r["backend"]: r for r in e2e}
+        print(f"end to end, --num-models 5: jax {by['jax']['wall_s']:.1f} s, cpu {by['cpu']['wall_s']:.1f} s "
+              f"({by['jax']['wall_s'] / by['cpu']['wall_s']:.2f}x)")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = a.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"threads": a.threads, "precision": a.precision, "results": results}, indent=2))
+    tmp.write_text(json.dumps({"machine": peak, "threads": len(cpus), "passes": a.passes, "results": results,
+                               "end_to_end": e2e}, indent=2))
     os.replace(tmp, a.out)
     return 0
 

@@ -85,6 +85,15 @@ def default_threads() -> int:
     return max(1, n)
 
 
+def resolve_kernels(requested: str) -> str:
+    """``auto`` -> ``ipex`` when intel-extension-for-pytorch is importable and matches torch, else ``stock``."""
+    if requested != "auto":
+        return requested
+    from af2cpu_plugin import ipex
+
+    return "ipex" if ipex.status()[0] else "stock"
+
+
 # ---------------------------------------------------------------------------
 # Hooks
 # ---------------------------------------------------------------------------
@@ -101,6 +110,14 @@ def af2cpu_add_options(parser, backend_names):
         return
     group = parser.add_argument_group("--backend cpu options", "")
     group.add_argument(
+        "--kernels",
+        choices=("auto", "stock", "ipex"),
+        default="auto",
+        help="GEMM kernels of the cpu engine: 'stock' PyTorch (oneDNN), or 'ipex' (intel-extension-for-pytorch, "
+        "opt-in: its own venv, scripts/setup-ipex.sh). 'auto' (default): ipex when it is importable and matches "
+        "torch, else stock. config.json records the choice.%(default).0s",
+    )
+    group.add_argument(
         "--subbatch-size",
         type=int,
         default=None,
@@ -113,7 +130,9 @@ def af2cpu_add_options(parser, backend_names):
 @hookimpl
 def af2cpu_defaults(backend):
     if backend == NAME:
-        return {"precision": "fp32", "threads": default_threads()}
+        from af2cpu_plugin.cpu import resolve_precision
+
+        return {"precision": resolve_precision("auto"), "threads": default_threads()}
     return None
 
 
@@ -150,9 +169,21 @@ def af2cpu_check_request(backend, args, model_type, is_complex):
     if getattr(args, "use_fast_kernels", False):
         return "--use-fast-kernels is GPU-only — drop it on --backend cpu"
     if args.precision == "bf16":
-        return "bf16 is not yet available on --backend cpu — use --precision fp32"
+        from af2cpu_plugin.cpu import cpu_info
+
+        info = cpu_info()
+        if not info.native_bf16:
+            return (f"--precision bf16 needs native bf16 dot products (avx512_bf16 or AMX), which this CPU "
+                    f"({info.model}, {info.capability}) lacks: emulated bf16 GEMMs run about 100x slower "
+                    "than fp32 — use --precision auto or fp32")
     if args.threads is not None and args.threads < 1:
         return f"--threads {args.threads} must be at least 1 — pass a positive number of threads"
+    if getattr(args, "kernels", "auto") == "ipex":
+        from af2cpu_plugin import ipex
+
+        usable, why = ipex.status()
+        if not usable:
+            return f"--kernels ipex: {why} — make its venv with scripts/setup-ipex.sh, or use --kernels stock"
     subbatch = getattr(args, "subbatch_size", None)
     if subbatch is not None and subbatch < 1:
         return f"--subbatch-size {subbatch} must be at least 1 — pass a positive number of rows or drop it"
@@ -163,8 +194,8 @@ def af2cpu_check_request(backend, args, model_type, is_complex):
 def af2cpu_run_kwargs(backend, args):
     if backend != NAME:
         return None
-    # ColabFold's config then says what the engine computes: fp32 trunk, fused
-    # triangle multiplication (the converter's layout).
+    # ColabFold's config then says what the engine computes: the trunk's
+    # precision, fused triangle multiplication (the converter's layout).
     return {"use_bfloat16": args.precision == "bf16", "use_fuse": True}
 
 
@@ -179,7 +210,12 @@ def af2cpu_record(backend, args):
         return None
     import torch
 
-    return {"torch_version": torch.__version__, "subbatch_size": getattr(args, "subbatch_size", None)}
+    from af2cpu_plugin.cpu import cpu_info
+
+    info = cpu_info()
+    return {"torch_version": torch.__version__, "subbatch_size": getattr(args, "subbatch_size", None),
+            "kernels": resolve_kernels(getattr(args, "kernels", "auto")),
+            "cpu": info.model, "cpu_capability": info.capability, "cpu_native_bf16": info.native_bf16}
 
 
 @hookimpl
@@ -213,6 +249,7 @@ def af2cpu_make_runner(backend, config, params, extended_ptm_config, jit_kwargs,
         precision=args.precision,
         subbatch_size=getattr(args, "subbatch_size", None),
         threads=args.threads,
+        kernels=resolve_kernels(getattr(args, "kernels", "auto")),
     )
     return CpuRunModel(
         config, params, extended_ptm_config=extended_ptm_config, jit_kwargs=jit_kwargs, policy=policy

@@ -45,6 +45,18 @@ def test_end_to_end_fp32_parity(fp32_results):
         assert mx <= BARS[name], f"{name}: max |Δ| {mx:.3g} (mean {mean:.3g}) over bar {BARS[name]}"
 
 
+def test_bf16_no_worse_than_colabfolds_own_bf16(case, fp32_results):
+    """cpu bf16 against JAX fp32 stays within ColabFold's own bf16-vs-fp32 gap (JAX bf16 against JAX fp32)."""
+    cfg, feat, flat = case
+    jax_fp32, _ = fp32_results
+    _, cpu_bf16 = parity.run_both_fp32(cfg, flat, feat, policy=RuntimePolicy(precision="bf16"))
+    jax_bf16, _ = parity.run_both_fp32(parity.with_bfloat16(cfg), flat, feat, cpu=False)
+    ours, theirs = parity.compare(jax_fp32, cpu_bf16), parity.compare(jax_fp32, jax_bf16)
+    for name in ("coordinates (Å)", "pLDDT", "PAE"):
+        assert ours[name][0] <= max(theirs[name][0], BARS[name]), (name, ours[name], theirs[name])
+        assert ours[name][1] <= max(theirs[name][1], BARS[name]), (name, ours[name], theirs[name])
+
+
 def test_random_params_give_informative_confidence(fp32_results):
     """pLDDT and PAE must vary across residues, or the parity test would hide bugs."""
     jax_ret, cpu_ret = fp32_results

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .chunking import subbatched
-from .primitives import Attention, GlobalAttention, LayerNorm, empty_param, mask_to_bias
+from .primitives import Attention, GlobalAttention, LayerNorm, empty_param, mask_to_bias, pair_bias
 
 
 class MSARowAttentionWithPairBias(nn.Module):
@@ -29,7 +29,7 @@ class MSARowAttentionWithPairBias(nn.Module):
         bias = mask_to_bias(msa_mask)[:, None, None, :]
         msa_act = self.query_norm(msa_act)
         pair_act = self.feat_2d_norm(pair_act)
-        nonbatched_bias = torch.einsum("qkc,ch->hqk", pair_act, self.feat_2d_weights)
+        nonbatched_bias = pair_bias(self, pair_act, self.feat_2d_weights)
         return subbatched(
             lambda x, b, nb: self.attention(x, x, b, nb), [msa_act, bias], [nonbatched_bias]
         )

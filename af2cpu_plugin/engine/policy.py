@@ -17,32 +17,47 @@ from typing import Iterator, Optional
 import torch
 
 
+PRECISIONS = ("fp32", "bf16")
+KERNELS = ("stock", "ipex")
+
+
 @dataclasses.dataclass(frozen=True)
 class RuntimePolicy:
     """How to execute the model, as opposed to what it computes.
 
     Attributes:
-      precision: "fp32" (the parity reference) or "bf16" (not yet served).
+      precision: "fp32" (the parity reference) or "bf16": inside
+        :func:`trunk_precision` (the region ColabFold runs in bfloat16) the
+        primitives then compute GEMMs and attention in bf16 with fp32
+        accumulation, LayerNorm statistics and softmax in fp32, and the
+        residual streams stay fp32. ``"auto"`` is resolved before a policy is
+        made (:func:`af2cpu_plugin.cpu.resolve_precision`).
       subbatch_size: rows of a batched attention/transition processed at once;
         None leaves it to ``slice_bytes``. Smaller saves memory on long
         sequences; it never changes the result beyond rounding.
       slice_bytes: with ``subbatch_size`` None, rows are sliced so that each
         sliced input holds at most this many bytes (a module's temporaries are
-        a few times that). It is a speed setting: glibc hands out blocks over
-        its mmap threshold (at most 32 MiB) as fresh pages, and faulting them
-        in costs about as much as the GEMM that fills them, while smaller
-        blocks are reused. None runs each module on the whole tensor.
+        a few times that). It bounds the temporaries' memory; with the
+        engine's malloc settings (:mod:`af2cpu_plugin.malloc`) 4-16 MiB
+        slices ran at the same speed (bf16, 200 residues) and 16 MiB gave the
+        lowest peak RSS. None runs each module on the whole tensor.
       threads: intra-op threads for torch; None leaves torch's setting alone.
+      kernels: "stock" (PyTorch's own oneDNN kernels, the default) or "ipex"
+        (GEMMs through intel-extension-for-pytorch, opt-in, in its own venv:
+        see :mod:`af2cpu_plugin.ipex`).
     """
 
     precision: str = "fp32"
     subbatch_size: Optional[int] = None
-    slice_bytes: Optional[int] = 2 * 1024 * 1024
+    slice_bytes: Optional[int] = 16 * 1024 * 1024
     threads: Optional[int] = None
+    kernels: str = "stock"
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"unknown precision {self.precision!r}; use fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"unknown kernels {self.kernels!r}; use one of {', '.join(KERNELS)}")
         if self.subbatch_size is not None and self.subbatch_size < 1:
             raise ValueError("subbatch_size must be a positive number of rows")
         if self.slice_bytes is not None and self.slice_bytes < 1:
@@ -70,3 +85,29 @@ _CURRENT: contextvars.ContextVar[RuntimePolicy] = contextvars.ContextVar(
 def current_policy() -> RuntimePolicy:
     """The policy in force; the fp32, unchunked default when none was set."""
     return _CURRENT.get()
+
+
+# The dtype the primitives compute in right now: float32 everywhere except
+# inside trunk_precision() under a bf16 policy.
+_COMPUTE: contextvars.ContextVar[torch.dtype] = contextvars.ContextVar("af2cpu_compute_dtype", default=torch.float32)
+
+
+def compute_dtype() -> torch.dtype:
+    """The dtype of GEMM and attention inputs in the current region."""
+    return _COMPUTE.get()
+
+
+@contextlib.contextmanager
+def trunk_precision() -> Iterator[torch.dtype]:
+    """The region where a bf16 policy computes in bf16 (else a no-op).
+
+    Mirrors ``alphafold.model.utils.bfloat16_context`` as ColabFold applies
+    it: the embeddings and the Evoformer trunk run in reduced precision, the
+    structure module and the heads in float32. The model marks the region,
+    the policy decides what it means.
+    """
+    token = _COMPUTE.set(current_policy().dtype)
+    try:
+        yield _COMPUTE.get()
+    finally:
+        _COMPUTE.reset(token)

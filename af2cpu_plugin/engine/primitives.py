@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .policy import compute_dtype, current_policy
+
 # AF2's additive mask value and its logit clip (alphafold.model.half_precision),
 # at fp32. Clipping matters: a fully masked row would otherwise give NaN.
 BIG_NEG = -1e9
@@ -37,8 +39,11 @@ def mask_to_bias(mask: torch.Tensor) -> torch.Tensor:
 # torch.matmul/addmm use) on this engine's [N*N, c] x [c, c'] shapes, and it
 # applies the bias (and a ReLU, or a product with another tensor) in the same
 # pass over the output. It is still fp32 with fp32 accumulation: results equal
-# addmm's to rounding. It wants the weight as [out, in].
+# addmm's to rounding. It wants the weight as [out, in]. In bf16 it takes bf16
+# operands and accumulates in fp32 (avx512_bf16 dot products where the CPU has
+# them).
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def linear_2d(
@@ -48,7 +53,7 @@ def linear_2d(
 
     ``post`` is ``"none"`` or ``"relu"``.
     """
-    if _ONEDNN and x.dtype == torch.float32:
+    if _ONEDNN and x.dtype in _ONEDNN_DTYPES:
         return torch.ops.mkldnn._linear_pointwise(x, weight_t, bias, post, [], "")
     y = F.linear(x, weight_t, bias)
     return torch.relu_(y) if post == "relu" else y
@@ -58,7 +63,7 @@ def linear_2d_mul(
     x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.Tensor], other: torch.Tensor
 ) -> torch.Tensor:
     """``(x @ weight_t.T + bias) * other`` with the product fused into the GEMM's output pass."""
-    if _ONEDNN and x.dtype == torch.float32 and other.is_contiguous():
+    if _ONEDNN and x.dtype in _ONEDNN_DTYPES and other.dtype == x.dtype and other.is_contiguous():
         return torch.ops.mkldnn._linear_pointwise(x, other, weight_t, bias, "mul")
     return F.linear(x, weight_t, bias).mul_(other)
 
@@ -85,6 +90,13 @@ def derived(module: nn.Module, name: str, build: Callable[..., object], *sources
     return value
 
 
+def in_compute_dtype(module: nn.Module, name: str, param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``param`` as ``dtype`` (itself when it already is), cast once per binding."""
+    if param.dtype == dtype:
+        return param
+    return derived(module, f"{name}@{dtype}", lambda p: p.to(dtype), param)
+
+
 def _version(p: torch.Tensor) -> int:
     # Inference tensors keep no version counter (and cannot be changed outside inference mode).
     return -1 if p.is_inference() else p._version
@@ -94,6 +106,18 @@ def clear_derived(model: nn.Module) -> None:
     """Forget every layout :func:`derived` cached under ``model``."""
     for module in model.modules():
         module.__dict__.pop("_derived_cache", None)
+
+
+def pair_bias(module: nn.Module, pair_act: torch.Tensor, feat_2d_weights: torch.Tensor) -> torch.Tensor:
+    """``einsum("qkc,ch->hqk", pair_act, feat_2d_weights)``: the per-head attention bias from the pair.
+
+    Computed as ``W·actᵀ`` so that the [h, q, k] result is written contiguous,
+    the layout the attention kernel takes as a mask without copying.
+    """
+    dtype = pair_act.dtype
+    w_t = derived(module, f"feat_2d@{dtype}", lambda w: w.t().to(dtype).contiguous(), feat_2d_weights)
+    nq, nk, c = pair_act.shape
+    return linear_2d(w_t, pair_act.reshape(nq * nk, c), None).view(-1, nq, nk)
 
 
 class Linear(nn.Module):
@@ -111,37 +135,55 @@ class Linear(nn.Module):
         self.weights = empty_param(*self.in_shape, *self.out_shape)
         self.bias = empty_param(*self.out_shape) if use_bias else None
 
-    def kernel_params(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(weight [out, in] contiguous, flat bias or None): the layout :func:`linear_2d` takes."""
+    def kernel_params(self, dtype: torch.dtype = torch.float32) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(weight [out, in] contiguous, flat bias or None) in ``dtype``: the layout :func:`linear_2d` takes."""
         n_in, n_out = math.prod(self.in_shape), math.prod(self.out_shape)
         if self.bias is None:
-            return derived(self, "w_t", lambda w: w.reshape(n_in, n_out).t().contiguous(), self.weights), None
+            return derived(self, f"w_t@{dtype}", lambda w: w.reshape(n_in, n_out).t().to(dtype).contiguous(),
+                           self.weights), None
         return derived(
-            self, "w_t_b", lambda w, b: (w.reshape(n_in, n_out).t().contiguous(), b.reshape(n_out)),
+            self, f"w_t_b@{dtype}",
+            lambda w, b: (w.reshape(n_in, n_out).t().to(dtype).contiguous(), b.reshape(n_out).to(dtype)),
             self.weights, self.bias,
         )
 
-    def _apply(self, x: torch.Tensor, fn) -> torch.Tensor:
+    def _apply(self, x: torch.Tensor, post: str = "none", other: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``post(x·W + b) [* other]`` in the region's compute dtype (the output is in that dtype too)."""
         lead = x.shape[: x.dim() - len(self.in_shape)]
-        w_t, b = self.kernel_params()
-        y = fn(x.reshape(-1, w_t.shape[1]), w_t, b)
+        dtype = compute_dtype()
+        w_t, b = self.kernel_params(dtype)
+        x2 = x.reshape(-1, w_t.shape[1]).to(dtype)
+        if other is not None:
+            other = other.reshape(x2.shape[0], -1).to(dtype)
+        if current_policy().kernels == "ipex":
+            from af2cpu_plugin import ipex
+
+            y = ipex.linear(x2, w_t, b, post, other)
+        elif other is not None:
+            y = linear_2d_mul(x2, w_t, b, other)
+        else:
+            y = linear_2d(x2, w_t, b, post)
         return y.reshape(*lead, *self.out_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply(x, linear_2d)
+        return self._apply(x)
 
     def forward_relu(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(self(x))``, the ReLU applied in the GEMM's output pass."""
-        return self._apply(x, lambda x2, w, b: linear_2d(x2, w, b, "relu"))
+        return self._apply(x, post="relu")
 
     def forward_mul(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """``self(x) * other`` (``other`` shaped like the output), the product fused into the GEMM."""
-        n_out = math.prod(self.out_shape)
-        return self._apply(x, lambda x2, w, b: linear_2d_mul(x2, w, b, other.reshape(-1, n_out)))
+        return self._apply(x, other=other)
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis with ``scale``/``offset`` (eps 1e-5, as haiku)."""
+    """LayerNorm over the last axis with ``scale``/``offset`` (eps 1e-5, as haiku).
+
+    Statistics are always computed in fp32 (as haiku's LayerNorm upcasts
+    half-precision input); the output is in the region's compute dtype, since
+    it feeds the GEMMs that follow.
+    """
 
     def __init__(self, num_channel: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -151,7 +193,9 @@ class LayerNorm(nn.Module):
         self.offset = empty_param(num_channel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.layer_norm(x, (self.num_channel,), self.scale, self.offset, self.eps)
+        # torch's CPU kernel accumulates bf16 input in fp32 (mixed-type layer norm).
+        y = nn.functional.layer_norm(x, (self.num_channel,), self.scale, self.offset, self.eps)
+        return y.to(compute_dtype())
 
 
 class Attention(nn.Module):
@@ -196,7 +240,7 @@ class Attention(nn.Module):
         return cls(q_channel, m_channel, q_channel, config.num_head, gating=config.gating,
                    key_dim=config.get("key_dim", q_channel), value_dim=config.get("value_dim", m_channel))
 
-    def _projection_params(self, with_kv: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _projection_params(self, with_kv: bool, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
         """One [out, c] weight (and bias) for the query, (key, value,) and gate projections.
 
         Concatenating them makes the projections one wide GEMM. The query scale
@@ -215,20 +259,22 @@ class Attention(nn.Module):
             bias = torch.zeros(weight_t.shape[0], dtype=weight_t.dtype)
             if self.gating:
                 bias[-gating_b.numel():] = gating_b.reshape(-1)
-            return weight_t, bias
+            return weight_t.to(dtype), bias.to(dtype)
 
         gating = (self.gating_w, self.gating_b) if self.gating else (self.query_w, self.query_w)
-        return derived(self, f"proj{int(with_kv)}", build, self.query_w, self.key_w, self.value_w, *gating)
+        return derived(self, f"proj{int(with_kv)}@{dtype}", build, self.query_w, self.key_w, self.value_w, *gating)
 
-    def _kv_params(self) -> torch.Tensor:
+    def _kv_params(self, dtype: torch.dtype) -> torch.Tensor:
         return derived(
-            self, "kv", lambda k, v: torch.cat([k.reshape(k.shape[0], -1), v.reshape(v.shape[0], -1)], 1).t().contiguous(),
+            self, f"kv@{dtype}",
+            lambda k, v: torch.cat([k.reshape(k.shape[0], -1), v.reshape(v.shape[0], -1)], 1).t().to(dtype).contiguous(),
             self.key_w, self.value_w,
         )
 
-    def _output_params(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _output_params(self, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
         return derived(
-            self, "out", lambda w, b: (w.reshape(-1, w.shape[-1]).t().contiguous(), b), self.output_w, self.output_b
+            self, f"out@{dtype}", lambda w, b: (w.reshape(-1, w.shape[-1]).t().to(dtype).contiguous(), b.to(dtype)),
+            self.output_w, self.output_b,
         )
 
     def forward(
@@ -239,18 +285,22 @@ class Attention(nn.Module):
         nonbatched_bias: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """q_data [b, q, c], m_data [b, k, c], bias broadcastable to [b, h, q, k],
-        nonbatched_bias [h, q, k] -> [b, q, output_dim]."""
+        nonbatched_bias [h, q, k] -> [b, q, output_dim], in the region's compute dtype.
+
+        In bf16 the kernel takes bf16 q, k, v and mask and keeps its running
+        softmax statistics and accumulators in fp32."""
+        dtype = compute_dtype()
         b, nq, _ = q_data.shape
         nk = m_data.shape[1]
         h, ck, cv = self.num_head, self.key_dim, self.value_dim
         qk_width = h * ck
         # Projections as plain 2-D GEMMs; heads are split by views, not copies.
         self_attention = q_data is m_data
-        proj = linear_2d(q_data.reshape(b * nq, -1), *self._projection_params(with_kv=self_attention))
+        proj = linear_2d(q_data.reshape(b * nq, -1).to(dtype), *self._projection_params(self_attention, dtype))
         if self_attention:
             kv = proj[:, qk_width : 2 * qk_width + h * cv]
         else:
-            kv = linear_2d(m_data.reshape(b * nk, -1), self._kv_params(), None)
+            kv = linear_2d(m_data.reshape(b * nk, -1).to(dtype), self._kv_params(dtype), None)
         q = proj[:, :qk_width].view(b, nq, h, ck).transpose(1, 2)
         k = kv[:, :qk_width].view(b, nk, h, ck).transpose(1, 2)
         v = kv[:, qk_width:].view(b, nk, h, cv).transpose(1, 2)
@@ -258,14 +308,15 @@ class Attention(nn.Module):
         # scaled_dot_product_attention's CPU kernel does logits, softmax and the
         # weighted average in tiles without the [b, h, q, k] weights (q is
         # pre-scaled, hence scale=1).
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=_additive_mask(bias, nonbatched_bias), scale=1.0)
+        mask = _additive_mask(bias, nonbatched_bias).to(dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         out = _uniform_where_fully_masked(out, v, bias)
         # The kernel writes [b, q, h, c] memory, so this is a view.
         weighted_avg = out.transpose(1, 2).reshape(b * nq, h * cv)
         if self.gating:
-            gate = proj[:, -h * cv :]
-            weighted_avg = weighted_avg.mul_(torch.sigmoid(gate))
-        return linear_2d(weighted_avg, *self._output_params()).view(b, nq, -1)
+            gate = proj[:, -h * cv :]  # q, k, v are consumed: the gate's sigmoid can go in place
+            weighted_avg = weighted_avg.mul_(gate.sigmoid_())
+        return linear_2d(weighted_avg, *self._output_params(dtype)).view(b, nq, -1)
 
 
 def _additive_mask(bias: torch.Tensor, nonbatched_bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -278,6 +329,7 @@ def _additive_mask(bias: torch.Tensor, nonbatched_bias: Optional[torch.Tensor]) 
     """
     if nonbatched_bias is None:
         return bias
+    bias = bias.to(nonbatched_bias.dtype)  # [b, 1, 1, k]: cheap, and the sum below stays in that dtype
     nonbatched_bias = nonbatched_bias.unsqueeze(0)
     if not bool(bias.any()):
         return nonbatched_bias
@@ -324,20 +376,28 @@ class GlobalAttention(nn.Module):
         self.output_b = empty_param(output_dim)
 
     def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
-        """q_data, m_data [b, k, c]; q_mask [b, k, 1] -> [b, k, output_dim]."""
-        v = torch.matmul(m_data, self.value_w)  # [b, k, c]
+        """q_data, m_data [b, k, c]; q_mask [b, k, 1] -> [b, k, output_dim], in the region's compute dtype.
+
+        The logits and the softmax are fp32 whatever the compute dtype."""
+        dtype = compute_dtype()
+        p = {name: in_compute_dtype(self, name, getattr(self, name), dtype)
+             for name in ("query_w", "key_w", "value_w", "output_w", "output_b")}
+        q_data, m_data = q_data.to(dtype), m_data.to(dtype)
+        v = torch.matmul(m_data, p["value_w"])  # [b, k, c]
         # utils.mask_mean over the key axis, with its eps.
         q_avg = (q_mask * q_data).sum(1) / (q_mask.sum(1) + 1e-10)
-        q = torch.einsum("ba,ahc->bhc", q_avg, self.query_w) * self.key_dim ** (-0.5)
-        k = torch.matmul(m_data, self.key_w)
+        q = torch.einsum("ba,ahc->bhc", q_avg.to(dtype), p["query_w"]) * self.key_dim ** (-0.5)
+        k = torch.matmul(m_data, p["key_w"])
         bias = mask_to_bias(q_mask[:, None, :, 0])
-        logits = torch.einsum("bhc,bkc->bhk", q, k) + bias
+        logits = torch.einsum("bhc,bkc->bhk", q, k).float() + bias
         logits = logits.clamp(-LOGIT_CLIP, LOGIT_CLIP)
-        weights = torch.softmax(logits, dim=-1)
+        weights = torch.softmax(logits, dim=-1).to(dtype)
         weighted_avg = torch.einsum("bhk,bkc->bhc", weights, v)
         if self.gating:
-            gate = torch.sigmoid(torch.einsum("bqc,chv->bqhv", q_data, self.gating_w) + self.gating_b)
+            gating_w = in_compute_dtype(self, "gating_w", self.gating_w, dtype)
+            gating_b = in_compute_dtype(self, "gating_b", self.gating_b, dtype)
+            gate = torch.sigmoid(torch.einsum("bqc,chv->bqhv", q_data, gating_w) + gating_b)
             weighted_avg = weighted_avg[:, None] * gate
-            return torch.einsum("bqhc,hco->bqo", weighted_avg, self.output_w) + self.output_b
-        out = torch.einsum("bhc,hco->bo", weighted_avg, self.output_w) + self.output_b
+            return torch.einsum("bqhc,hco->bqo", weighted_avg, p["output_w"]) + p["output_b"]
+        out = torch.einsum("bhc,hco->bo", weighted_avg, p["output_w"]) + p["output_b"]
         return out[:, None]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .chunking import subbatched
-from .primitives import Attention, LayerNorm, empty_param, mask_to_bias
+from .primitives import Attention, LayerNorm, empty_param, mask_to_bias, pair_bias
 
 
 class TriangleAttention(nn.Module):
@@ -31,7 +31,7 @@ class TriangleAttention(nn.Module):
             pair_mask = pair_mask.transpose(0, 1)
         bias = mask_to_bias(pair_mask)[:, None, None, :]
         pair_act = self.query_norm(pair_act)
-        nonbatched_bias = torch.einsum("qkc,ch->hqk", pair_act, self.feat_2d_weights)
+        nonbatched_bias = pair_bias(self, pair_act, self.feat_2d_weights)
         out = subbatched(
             lambda x, b, nb: self.attention(x, x, b, nb), [pair_act, bias], [nonbatched_bias]
         )

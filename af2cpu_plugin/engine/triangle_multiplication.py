@@ -43,14 +43,14 @@ class TriangleMultiplication(nn.Module):
         self.output_projection = Linear(ci, pair_channel)
         self.gating_linear = Linear(pair_channel, pair_channel)
 
-    def _channel_major_params(self):
-        """``projection`` and ``gate`` stacked as one [4c, c_z] weight and a [4c, 1] bias."""
+    def _channel_major_params(self, dtype: torch.dtype):
+        """``projection`` and ``gate`` stacked as one [4c, c_z] weight and a [4c, 1] bias, in ``dtype``."""
 
         def build(pw, pb, gw, gb):
-            return torch.cat([pw, gw], dim=1).t().contiguous(), torch.cat([pb, gb])[:, None]
+            return torch.cat([pw, gw], dim=1).t().to(dtype).contiguous(), torch.cat([pb, gb])[:, None].to(dtype)
 
         lin_p, lin_g = self.projection, self.gate
-        return derived(self, "proj_gate", build, lin_p.weights, lin_p.bias, lin_g.weights, lin_g.bias)
+        return derived(self, f"proj_gate@{dtype}", build, lin_p.weights, lin_p.bias, lin_g.weights, lin_g.bias)
 
     def forward(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """pair_act [R, R, c_z], pair_mask [R, R] -> update [R, R, c_z]."""
@@ -63,10 +63,12 @@ class TriangleMultiplication(nn.Module):
         # triangle contraction below is a bmm over channels: W·actᵀ is the
         # GEMM linear_2d computes with the roles of input and weight swapped
         # (so the bias runs along rows and is added separately).
-        weight_t, bias = self._channel_major_params()
+        weight_t, bias = self._channel_major_params(act.dtype)
         proj_gate = linear_2d(weight_t, act, None).add_(bias)
         proj, gate = proj_gate[: 2 * ci], proj_gate[2 * ci :]
-        proj = proj.mul_(mask).mul_(gate.sigmoid_())  # masked before the gate, as haiku
+        if not bool(mask.all()):  # no padding (one query): the mask is all ones, skip the pass
+            proj = proj.mul_(mask)  # masked before the gate, as haiku
+        proj = proj.mul_(gate.sigmoid_())
         left = proj[:ci].reshape(ci, n0, n1)
         right = proj[ci:].reshape(ci, n0, n1)
         if self.outgoing:

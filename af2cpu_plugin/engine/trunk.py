@@ -9,6 +9,7 @@ from torch import nn
 
 from .embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder
 from .evoformer import EvoformerStack
+from .policy import trunk_precision
 from .primitives import Linear
 from .templates import TemplateEmbedding, TemplateTorsionEmbedder
 
@@ -65,17 +66,8 @@ class EmbeddingsAndEvoformer(nn.Module):
         seq_mask = batch["seq_mask"]
         pair_mask = seq_mask[:, None] * seq_mask[None, :]
 
-        if c.template.enabled:
-            pair = pair + self.template_embedding(
-                pair, batch["template_aatype"], batch["template_pseudo_beta"], batch["template_pseudo_beta_mask"],
-                batch["template_all_atom_positions"], batch["template_all_atom_masks"], batch["template_mask"],
-                pair_mask)
-
         extra = self.extra_msa_embedder(batch["extra_msa"], batch["extra_has_deletion"],
                                         batch["extra_deletion_value"])
-        _, pair = self.extra_msa_stack(extra, pair, batch["extra_msa_mask"], pair_mask)
-        del extra
-
         msa_mask = batch["msa_mask"]
         if c.template.enabled and c.template.embed_torsion_angles:
             template_rows, template_row_mask = self.template_torsion_embedder(
@@ -83,7 +75,17 @@ class EmbeddingsAndEvoformer(nn.Module):
             msa = torch.cat([msa, template_rows], dim=0)
             msa_mask = torch.cat([msa_mask, template_row_mask.to(msa_mask.dtype)], dim=0)
 
-        msa, pair = self.evoformer_iteration(msa, pair, msa_mask, pair_mask)
+        # ColabFold's bf16 region (utils.bfloat16_context): fp32 unless the policy says bf16.
+        # The residual streams (msa, extra, pair) stay fp32; the modules' updates are added into them.
+        with trunk_precision():
+            if c.template.enabled:
+                pair = pair + self.template_embedding(
+                    pair, batch["template_aatype"], batch["template_pseudo_beta"], batch["template_pseudo_beta_mask"],
+                    batch["template_all_atom_positions"], batch["template_all_atom_masks"], batch["template_mask"],
+                    pair_mask)
+            _, pair = self.extra_msa_stack(extra, pair, batch["extra_msa_mask"], pair_mask)
+            del extra
+            msa, pair = self.evoformer_iteration(msa, pair, msa_mask, pair_mask)
         num_sequences = batch["msa_feat"].shape[0]
         return {
             "single": self.single_activations(msa[0]),

@@ -71,6 +71,13 @@ def colabfold_config(model_name: str = "model_3_ptm", num_recycle: int = 1, *, e
     return cfg
 
 
+def with_bfloat16(cfg):
+    """A copy of ``cfg`` with ColabFold's default bf16 trunk (``use_bfloat16=True``) for the JAX model."""
+    out = copy.deepcopy(cfg)
+    out.model.global_config.bfloat16 = True
+    return out
+
+
 def msa_depth(a3m_text: str) -> int:
     """Sequences in an a3m (query included); 1 for a bare sequence."""
     return max(1, sum(1 for line in a3m_text.splitlines() if line.startswith(">")))

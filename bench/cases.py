@@ -1,0 +1,52 @@
+"""The inputs the speed and profile benchmarks run on, built by ColabFold's own pipeline.
+
+Cases (names for ``--cases``):
+
+* ``single100``, ``single200``, ``single400`` (any ``singleN``): single sequence of N
+  residues, the 130-residue chain of the shared AF2 prediction repeated and cropped;
+* ``deep_msa``: the shared 59-residue a3m with 7,797 sequences (512 clusters + 5,120 extra);
+* ``deep_msa_x3``: the same a3m with every row repeated three times (177 residues,
+  512 clusters + 5,120 extra): a longer MSA case with the same depth.
+
+Model 3 ptm, ColabFold's config for the input (MSA budgets lowered for
+shallow inputs, as ``colabfold.batch.run`` does), recycling early stop off so
+that every pass runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict
+
+import numpy as np
+
+from bench.parity import SHARED, case_input
+
+CASES = ("single100", "single200", "single400", "deep_msa", "deep_msa_x3")
+
+
+def case_text(name: str) -> str:
+    """The a3m or bare sequence of a case."""
+    m = re.fullmatch(r"single(\d+)", name)
+    if m:
+        chain = case_input("single130")
+        n = int(m.group(1))
+        return (chain * (n // len(chain) + 1))[:n]
+    if name == "deep_msa":
+        return case_input("deep_msa")
+    if name == "deep_msa_x3":
+        lines = []
+        for line in (SHARED / "deep_msa_59aa_7797seqs.a3m").read_text().splitlines():
+            lines.append(line if line.startswith(">") or not line.strip() else line.strip() * 3)
+        return "\n".join(lines) + "\n"
+    raise SystemExit(f"unknown case {name!r}; use singleN (e.g. single200), deep_msa or deep_msa_x3")
+
+
+def case_features(name: str, passes: int) -> Dict[str, np.ndarray]:
+    """(config, processed features) for ``passes`` recycling passes of model 3 ptm."""
+    from af2cpu_plugin.testing import parity
+
+    text = case_text(name)
+    cfg = parity.colabfold_config("model_3_ptm", passes - 1, msa_depth=parity.msa_depth(text),
+                                  recycle_early_stop_tolerance=-1.0)
+    return cfg, parity.processed_features(cfg, text)
