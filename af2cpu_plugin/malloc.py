@@ -1,19 +1,21 @@
 """glibc malloc settings for the engine, set by the plugin itself (not by the user's environment).
 
 torch's CPU allocator is plain ``malloc``. glibc serves every block above its
-mmap threshold (128 KiB, rising to at most 32 MiB as blocks are freed) with a
-fresh ``mmap`` and returns it to the kernel on ``free``. The engine's
-activations are megabytes each and are allocated and freed thousands of
-times a pass, so each one is faulted in page by page again: on 2 cores that
-cost about as much as the GEMMs that fill them (an Evoformer block took 358 ms
-with glibc's defaults and 219 ms with ``MALLOC_MMAP_MAX_=0``).
+mmap threshold (128 KiB at start, adjusted as blocks are freed) with a fresh
+``mmap`` and returns it to the kernel on ``free``. The engine's activations
+are megabytes each and are allocated and freed thousands of times a pass, so
+each one is faulted in page by page again: on 2 cores that costs about as
+much as the GEMMs that fill them.
 
-:func:`tune` makes glibc serve those blocks from its heap and keep freed
-memory for reuse (the ``mallopt`` equivalents of ``MALLOC_MMAP_MAX_=0`` and a
-high ``MALLOC_TRIM_THRESHOLD_``). Peak RSS is then the peak of live blocks
-plus fragmentation, which ``bench/speed.py`` reports. An explicit
-``MALLOC_*`` setting in the environment wins: it is left alone; and
-``AF2CPU_MALLOC_TUNE=0`` keeps glibc's defaults altogether.
+:func:`tune` raises the mmap threshold to glibc's maximum (32 MiB) and keeps
+freed heap memory for reuse (a high trim threshold): the mallopt equivalents
+of ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``.
+Blocks above 32 MiB still come from mmap and go back to the kernel when
+freed. Serving *every* block from the heap (``MALLOC_MMAP_MAX_=0``) was
+faster still, but fragments the heap: at 300-400 residues in fp32 peak RSS
+went from about 2 GiB to 7-15 GiB. An explicit ``MALLOC_*`` setting in the
+environment wins: it is left alone; ``AF2CPU_MALLOC_TUNE=0`` keeps glibc's
+defaults altogether.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ logger = logging.getLogger(__name__)
 
 # mallopt parameters (glibc malloc.h)
 M_TRIM_THRESHOLD = -1
-M_MMAP_MAX = -4
+M_MMAP_THRESHOLD = -3
 
 # Freed heap memory above this much stays with the process for reuse.
 TRIM_THRESHOLD_BYTES = 1 << 30
+# glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX); mallopt refuses more.
+MMAP_THRESHOLD_BYTES = 32 << 20
 
-_ENV = {M_MMAP_MAX: ("MALLOC_MMAP_MAX_", 0), M_TRIM_THRESHOLD: ("MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD_BYTES)}
+_ENV = {M_MMAP_THRESHOLD: ("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD_BYTES),
+        M_TRIM_THRESHOLD: ("MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD_BYTES)}
 _done = False
 
 

@@ -138,6 +138,9 @@ def end_to_end(cpus: list, data: Path, case: str, out_root: Path) -> list:
     from af2cpu_plugin.random_params import write_random_params
 
     write_random_params(data, "alphafold2_ptm", models=(1, 2, 3, 4, 5), seed=0)
+    from af2cpu_plugin import converters
+
+    converters.convert_data_dir(data, lambda msg: None)  # once, as `af2cpu convert` would: not part of the timing
     out_root.mkdir(parents=True, exist_ok=True)
     fasta = out_root / f"{case}.fasta"
     fasta.write_text(f">{case}\n{case_text(case)}\n")
@@ -183,7 +186,10 @@ def main(argv=None) -> int:
     ap.add_argument("--passes", type=int, default=2, help="recycling passes per engine (first + warm)")
     ap.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))))
     ap.add_argument("--e2e", action="store_true", help="also time af2cpu batch --num-models 5 on both backends")
-    ap.add_argument("--e2e-case", default="single200", help="single-sequence case for --e2e")
+    ap.add_argument("--e2e-case", default="single100", help="single-sequence case for --e2e")
+    ap.add_argument("--flops-from", type=Path, default=None,
+                    help="reuse the matmul FLOP counts of an earlier speed JSON (same cases and engines) "
+                         "instead of counting them on an extra pass")
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
     a = ap.parse_args(argv)
@@ -206,13 +212,19 @@ def main(argv=None) -> int:
         print(f"ipex: skipped ({IPEX_PYTHON} not found; make it with scripts/setup-ipex.sh)")
         engines.remove("ipex")
 
+    known_flops = {}
+    if a.flops_from:
+        for r in json.loads(a.flops_from.read_text())["results"]:
+            known_flops[(r["case"], r["engine"])] = r.get("matmul_flops")
     results = []
     for case in [c for c in a.cases.split(",") if c]:
         rows = []
         for engine in engines:
             python = IPEX_PYTHON if engine == "ipex" else Path(sys.executable)
+            known = known_flops.get((case, engine))
             res = _run_child(python, {"engine": engine, "case": case, "passes": a.passes, "cpus": cpus,
-                                      "data": str(data), "count_flops": True})
+                                      "data": str(data), "count_flops": known is None})
+            res["matmul_flops"] = res["matmul_flops"] or known
             rows.append(res)
             print(f"  {case} {engine}: first {res['first_pass_s']:.1f} s, warm {_fmt(res['warm_pass_s'], '.2f')} s, "
                   f"peak RSS {res['peak_rss_gib']:.2f} GiB", flush=True)

@@ -1,7 +1,8 @@
 """``--backend cpu``: ColabFold's pipeline with af2cpu's PyTorch engine as the model.
 
 Serves monomer AlphaFold2 models (``alphafold2_ptm``, ``alphafold2``), also on
-complexes folded with ``--model-type alphafold2_ptm``, in fp32, with or without
+complexes folded with ``--model-type alphafold2_ptm``, in fp32 or bf16
+(``--precision auto``: bf16 where the CPU has native bf16 dot products), with or without
 templates (``--templates``, ``--custom-template-path``, ``--pdb-hit-file``). Everything it
 does not serve yet is refused up front, in one line, by
 :func:`af2cpu_check_request`.

@@ -86,10 +86,11 @@ def af2cpu_add_options(parser: Any, backend_names: List[str]) -> None:
 def af2cpu_defaults(backend: str) -> Optional[Dict[str, Any]]:
     """Defaults for af2cpu's own options that depend on the backend.
 
-    Called by the CLI after parsing. Options the user left unset (``None``)
-    take the returned values, e.g. ``{"precision": "fp32", "threads": 2}``.
-    Unanswered, ``precision`` becomes ``"fp32"`` and ``threads`` stays ``None``
-    (the backend's own choice).
+    Called by the CLI after parsing. Options the user left unset (``None``;
+    ``--precision auto`` counts as unset) take the returned values, e.g.
+    ``{"precision": "bf16", "threads": 2}``: this is where a backend says
+    what ``auto`` means on this machine. Unanswered, ``precision`` becomes
+    ``"fp32"`` and ``threads`` stays ``None`` (the backend's own choice).
 
     firstresult: the first non-``None`` answer wins.
 

@@ -4,7 +4,7 @@ It patches nothing: ColabFold's ``RunModel`` and ``get_model_haiku_params``
 run as they do under ``colabfold_batch``. The only differences are those the
 user asks for with af2cpu's options: ``--precision fp32`` turns off
 ColabFold's bf16 trunk (``use_bfloat16=False``); with the default
-``--precision bf16`` even ``run`` stays unpatched. ``--threads`` does not
+(``auto``, which here means ColabFold's bf16) even ``run`` stays unpatched. ``--threads`` does not
 apply (XLA picks its own thread pool).
 """
 

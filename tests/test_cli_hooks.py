@@ -340,7 +340,7 @@ def test_help_lists_colabfold_and_af2cpu_options():
     "extra, option",
     [
         (["--use-gpu-relax"], "--use-gpu-relax"),
-        (["--precision", "bf16"], "--precision"),
+        (["--kernels", "ipex"], "--kernels"),  # IPEX lives in its own venv, not in the test venv
         (["--model-type", "deepfold_v1"], "--model-type"),
         (["--model-type", "alphafold2_multimer_v3"], "--model-type"),
         (["--num-ensemble", "2"], "--num-ensemble"),
@@ -357,6 +357,14 @@ def test_cpu_refusals_are_one_line(workdir, extra, option):
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith("af2cpu: error: ") and option in errors[0] and " — " in errors[0]
     assert not (workdir / "out").exists()  # refused before ColabFold started
+
+
+def test_unknown_precision_is_one_line_naming_the_valid_values(workdir):
+    result = _run_cli(_batch_argv(workdir, "--backend", "cpu", "--precision", "fp16"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "--precision" in errors[0], result.stderr
+    assert all(name in errors[0] for name in ("auto", "fp32", "bf16")), errors[0]
 
 
 @pytest.mark.parametrize(

@@ -86,14 +86,18 @@ def test_cpu_writes_the_same_files_as_jax(one_model_runs):
     assert "reusing cached safetensors" in log or "converted" in log
 
 
+def score_gaps(a: Path, b: Path) -> tuple:
+    """max |Δ| of pTM, pLDDT and PAE between two runs' rank-1 scores."""
+    (x,) = a.glob(f"{JOB}_scores_rank_001_*.json")
+    (y,) = b.glob(f"{JOB}_scores_rank_001_*.json")
+    xs, ys = json.loads(x.read_text()), json.loads(y.read_text())
+    return (abs(xs["ptm"] - ys["ptm"]), max(abs(p - q) for p, q in zip(xs["plddt"], ys["plddt"])),
+            max(abs(p - q) for rp, rq in zip(xs["pae"], ys["pae"]) for p, q in zip(rp, rq)))
+
+
 def test_cpu_scores_match_jax(one_model_runs):
-    cpu, jax = one_model_runs
-    (c,) = cpu.glob(f"{JOB}_scores_rank_001_*.json")
-    (j,) = jax.glob(f"{JOB}_scores_rank_001_*.json")
-    cs, js = json.loads(c.read_text()), json.loads(j.read_text())
-    assert abs(cs["ptm"] - js["ptm"]) <= 0.01
-    assert max(abs(a - b) for a, b in zip(cs["plddt"], js["plddt"])) <= 0.5
-    assert max(abs(a - b) for ra, rb in zip(cs["pae"], js["pae"]) for a, b in zip(ra, rb)) <= 0.5
+    ptm, plddt, pae = score_gaps(*one_model_runs)
+    assert ptm <= 0.01 and plddt <= 0.5 and pae <= 0.5, (ptm, plddt, pae)
 
 
 def test_rerun_skips_finished_query(one_model_runs, data_dir, example):
@@ -120,3 +124,20 @@ def test_five_models_two_seeds_rank_like_jax(tmp_path, data_dir, example):
     # Earlier runs converted the params: this one converts nothing and says so.
     log = (cpu / "log.txt").read_text()
     assert log.count("reusing cached safetensors") >= 5 and "converted" not in log
+
+
+def test_default_precision_is_resolved_recorded_and_close_to_jax(one_model_runs, tmp_path, data_dir, example):
+    """No --precision: ``auto`` (bf16 on a CPU with native bf16, else fp32), recorded in config.json;
+    the scores stay within ColabFold's own bf16-vs-fp32 gap (0.18 pLDDT, 3.6 PAE at 76 residues)."""
+    from af2cpu_plugin.cpu import resolve_precision
+
+    _, jax = one_model_runs
+    out = tmp_path / "auto"
+    af2cpu("--backend", "cpu", "--msa-mode", "single_sequence", "--data", str(data_dir), "--num-models", "1",
+           "--num-recycle", "1", str(example), str(out))
+    config = json.loads((out / "config.json").read_text())
+    assert config["precision"] == resolve_precision("auto")
+    assert config["use_bfloat16"] is (config["precision"] == "bf16")
+    assert config["kernels"] == "stock" and config["cpu_capability"] and "cpu_native_bf16" in config
+    ptm, plddt, pae = score_gaps(out, jax)
+    assert ptm <= 0.02 and plddt <= 1.0 and pae <= 3.6, (ptm, plddt, pae)

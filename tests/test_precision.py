@@ -117,7 +117,7 @@ def test_malloc_settings_apply_once_and_yield_to_the_environment(monkeypatch):
             self.mallopt = lambda p, v: calls.append((p, v)) or 1
 
     monkeypatch.setattr(malloc.ctypes, "CDLL", lambda name: FakeLibc())
-    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert malloc.tune()
     assert calls == [(malloc.M_TRIM_THRESHOLD, malloc.TRIM_THRESHOLD_BYTES)]
     assert malloc.tune() and len(calls) == 1  # once per process

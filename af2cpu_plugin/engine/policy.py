@@ -38,9 +38,10 @@ class RuntimePolicy:
       slice_bytes: with ``subbatch_size`` None, rows are sliced so that each
         sliced input holds at most this many bytes (a module's temporaries are
         a few times that). It bounds the temporaries' memory; with the
-        engine's malloc settings (:mod:`af2cpu_plugin.malloc`) 4-16 MiB
-        slices ran at the same speed (bf16, 200 residues) and 16 MiB gave the
-        lowest peak RSS. None runs each module on the whole tensor.
+        engine's malloc settings (:mod:`af2cpu_plugin.malloc`: blocks up to
+        32 MiB are recycled, not re-faulted) the default keeps a slice's
+        temporaries (about 4x its input: the fused q, k, v and gate
+        projections) under that. None runs each module on the whole tensor.
       threads: intra-op threads for torch; None leaves torch's setting alone.
       kernels: "stock" (PyTorch's own oneDNN kernels, the default) or "ipex"
         (GEMMs through intel-extension-for-pytorch, opt-in, in its own venv:
@@ -49,7 +50,7 @@ class RuntimePolicy:
 
     precision: str = "fp32"
     subbatch_size: Optional[int] = None
-    slice_bytes: Optional[int] = 16 * 1024 * 1024
+    slice_bytes: Optional[int] = 4 * 1024 * 1024
     threads: Optional[int] = None
     kernels: str = "stock"
 
