@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=None)
     args = ap.parse_args(argv)
 
+    from af2cpu_plugin.cli import _setup_environment
+
+    _setup_environment()  # as `af2cpu batch` does, before torch loads
     import torch
 
     torch.set_num_threads(args.threads)

@@ -45,8 +45,10 @@ DEFAULT_CASES = ("single100", "single200", "single400", "deep_msa", "deep_msa_x3
 
 def _child(engine: str, case: str, passes: int, cpus: list, data: str, count_flops: bool) -> dict:
     os.sched_setaffinity(0, cpus)
-    os.environ["JAX_PLATFORMS"] = "cpu"
     sys.path.insert(0, str(ROOT))
+    from af2cpu_plugin.cli import _setup_environment
+
+    _setup_environment()  # what `af2cpu batch` sets before torch or jax load (JAX_PLATFORMS, THP_MEM_ALLOC_ENABLE)
     from bench.cases import case_features
 
     cfg, feat = case_features(case, passes)
