@@ -44,10 +44,6 @@ def _setup_environment() -> None:
     # Before anything imports jax (colabfold.batch does at import time): this
     # plugin is for CPU hosts, and jax must not probe for accelerators.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    # Before torch is imported (it reads this once): torch's CPU allocator gives
-    # blocks over 2 MiB transparent huge pages, so the large activations that
-    # glibc maps afresh on every call fault in 512x fewer pages (see malloc.py).
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 # ---------------------------------------------------------------------------

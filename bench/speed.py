@@ -48,7 +48,7 @@ def _child(engine: str, case: str, passes: int, cpus: list, data: str, count_flo
     sys.path.insert(0, str(ROOT))
     from af2cpu_plugin.cli import _setup_environment
 
-    _setup_environment()  # what `af2cpu batch` sets before torch or jax load (JAX_PLATFORMS, THP_MEM_ALLOC_ENABLE)
+    _setup_environment()  # what `af2cpu batch` sets before torch or jax load
     from bench.cases import case_features
 
     cfg, feat = case_features(case, passes)

@@ -121,14 +121,3 @@ def test_malloc_settings_apply_once_and_yield_to_the_environment(monkeypatch):
     assert malloc.tune()
     assert calls == [(malloc.M_TRIM_THRESHOLD, malloc.TRIM_THRESHOLD_BYTES)]
     assert malloc.tune() and len(calls) == 1  # once per process
-
-
-def test_cli_asks_torch_for_huge_pages_unless_told_otherwise(monkeypatch):
-    from af2cpu_plugin import cli
-
-    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
-    cli._setup_environment()
-    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
-    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
-    cli._setup_environment()
-    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
