@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from af2cpu_plugin.hooks import colabfold_seam, template_check
+from af2cpu_plugin.cpu import PRECISION_CHOICES as PRECISIONS
 from af2cpu_plugin.hooks.errors import UsageError
 from af2cpu_plugin.hooks.hookspecs import hookimpl
 
 PROG = "af2cpu"
-from af2cpu_plugin.cpu import PRECISION_CHOICES as PRECISIONS
 DEFAULT_BACKEND = "cpu"
 
 RANDOM_WEIGHTS_BANNER = """\

@@ -32,10 +32,6 @@ class CpuInfo:
         """bf16 GEMMs run in hardware (avx512_bf16 or AMX); elsewhere oneDNN emulates them, ~100x slower."""
         return any(flag in self.flags for flag in NATIVE_BF16_FLAGS)
 
-    @property
-    def amx(self) -> bool:
-        return "amx_bf16" in self.flags
-
     def describe(self) -> str:
         """One line for logs and benchmark headers."""
         isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2") if f in self.flags]

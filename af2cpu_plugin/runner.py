@@ -84,7 +84,7 @@ class CpuRunModel:
         self.config.model.calc_extended_ptm = bool(ext.get("calc_extended_ptm", False))
         self.config.model.use_probs_extended = bool(ext.get("use_probs_extended", False))
         self.policy = policy or RuntimePolicy()
-        malloc.tune()  # process-wide: the engine's activations are reused from the heap, not re-faulted
+        malloc.tune()  # process-wide: activation blocks up to 32 MiB are reused from the heap, not re-faulted
         self.model = AlphaFoldIteration(config.model).eval()
         self._params: Optional[Mapping] = None
         if params is not None:
@@ -109,16 +109,17 @@ class CpuRunModel:
 
     def forward_pass(self, feat: Mapping[str, np.ndarray], prev: Mapping[str, np.ndarray]
                      ) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-        """One recycling pass in fp32: (result with confidence metrics, next prev).
+        """One recycling pass under the runner's policy: (result with confidence metrics, next prev).
 
-        ``feat`` holds one pass's features (no recycle dim). ``predict`` casts
-        both to float16, as ColabFold's runner does; parity checks read them
-        before that cast.
+        ``feat`` holds one pass's features (no recycle dim). Results are fp32
+        numpy. ``predict`` casts both to float16, as ColabFold's runner does;
+        parity checks and benchmarks call this directly and read them before
+        that cast.
         """
         batch = {k: _to_torch(v) for k, v in feat.items()}
         batch.update({k: _to_torch(v) for k, v in prev.items()})  # float16 -> float32, as AlphaFold_noE
-        ret = self.model(batch)
-        ret = _to_numpy(ret)
+        with torch.inference_mode(), self.policy.active():
+            ret = _to_numpy(self.model(batch))
         reps = ret.pop("representations")
         new_prev = {
             "prev_msa_first_row": reps["msa_first_row"],
@@ -156,17 +157,16 @@ class CpuRunModel:
             torch.set_num_threads(threads)
         result: Dict[str, Any] = {}
         r = 0
-        with torch.inference_mode(), self.policy.active():
-            for r in range(num_iters):
-                sub_feat = {k: v[r] for k, v in feat.items()}
-                result, prev = self.forward_pass(sub_feat, prev)
-                result, prev = _to_float16(result), _to_float16(prev)
-                if return_representations:
-                    result["representations"] = {"pair": prev["prev_pair"], "single": prev["prev_msa_first_row"]}
-                if callback is not None:
-                    callback(result, r)
-                if result["ranking_confidence"] > self.config.model.stop_at_score:
-                    break
-                if r > 0 and result["tol"] < self.config.model.recycle_early_stop_tolerance:
-                    break
+        for r in range(num_iters):
+            sub_feat = {k: v[r] for k, v in feat.items()}
+            result, prev = self.forward_pass(sub_feat, prev)
+            result, prev = _to_float16(result), _to_float16(prev)
+            if return_representations:
+                result["representations"] = {"pair": prev["prev_pair"], "single": prev["prev_msa_first_row"]}
+            if callback is not None:
+                callback(result, r)
+            if result["ranking_confidence"] > self.config.model.stop_at_score:
+                break
+            if r > 0 and result["tol"] < self.config.model.recycle_early_stop_tolerance:
+                break
         return result, r

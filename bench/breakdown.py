@@ -95,8 +95,7 @@ def main(argv=None) -> int:
     prev = zero_prev(feat["aatype"].shape[1])
 
     def one_pass():
-        with torch.inference_mode(), runner.policy.active():
-            return runner.forward_pass(sub, prev)
+        return runner.forward_pass(sub, prev)
 
     t = time.perf_counter()
     one_pass()

@@ -16,7 +16,7 @@ that every pass runs.
 from __future__ import annotations
 
 import re
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def case_text(name: str) -> str:
     raise SystemExit(f"unknown case {name!r}; use singleN (e.g. single200), deep_msa or deep_msa_x3")
 
 
-def case_features(name: str, passes: int) -> Dict[str, np.ndarray]:
+def case_features(name: str, passes: int) -> Tuple[object, Dict[str, np.ndarray]]:
     """(config, processed features) for ``passes`` recycling passes of model 3 ptm."""
     from af2cpu_plugin.testing import parity
 

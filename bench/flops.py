@@ -42,11 +42,6 @@ def _sdpa(args):
     return 2 * _numel(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
 
 
-def _mm(args):
-    a, b = args[-2], args[-1]
-    return 2 * _numel(a.shape) * b.shape[-1]
-
-
 _COUNTERS = {
     "mkldnn._linear_pointwise.default": _linear_pointwise,
     "mkldnn._linear_pointwise.binary": _linear_pointwise_binary,

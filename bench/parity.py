@@ -186,7 +186,7 @@ def bf16_case(cfg, cpu_flat, jax_flat, feat, num_recycle: int) -> dict:
     cpu_history, jax_history = [], []
     jax_fp32, cpu_bf16 = parity.run_both_fp32(cfg, cpu_flat, feat, jax_flat=jax_flat, history=cpu_history,
                                               policy=RuntimePolicy(precision="bf16"))
-    _, _ = parity.run_both_fp32(parity.with_bfloat16(cfg), cpu_flat, feat, jax_flat=jax_flat, cpu=False,
+    parity.run_both_fp32(parity.with_bfloat16(cfg), cpu_flat, feat, jax_flat=jax_flat, cpu=False,
                                 history=jax_history)
     jax_bf16 = jax_history[-1][0]
     rows = {

@@ -68,12 +68,8 @@ def _child(engine: str, case: str, passes: int, cpus: list, data: str, count_flo
         from af2cpu_plugin.engine.policy import RuntimePolicy
         from af2cpu_plugin.runner import CpuRunModel
 
-        precision = "bf16" if engine in ("cpu_bf16", "ipex") else "fp32"
-        policy = RuntimePolicy(precision=precision, threads=len(cpus))
-        if engine == "ipex":
-            import dataclasses
-
-            policy = dataclasses.replace(policy, kernels="ipex")
+        policy = RuntimePolicy(precision="bf16" if engine in ("cpu_bf16", "ipex") else "fp32", threads=len(cpus),
+                               kernels="ipex" if engine == "ipex" else "stock")
         runner = CpuRunModel(cfg, nested(load_params(npz)), policy=policy)
     stamps = []
     start = time.perf_counter()
@@ -82,13 +78,11 @@ def _child(engine: str, case: str, passes: int, cpus: list, data: str, count_flo
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if count_flops and not engine.startswith("jax"):
         # The model's matmul work, counted once on an extra (untimed) pass.
-        import torch
-
         from bench.flops import MatmulFlops
         from af2cpu_plugin.runner import zero_prev
 
         sub = {k: v[0] for k, v in feat.items()}
-        with MatmulFlops() as counter, torch.inference_mode(), runner.policy.active():
+        with MatmulFlops() as counter:
             runner.forward_pass(sub, zero_prev(feat["aatype"].shape[1]))
         flops = counter.total
     return {"engine": engine, "case": case, "length": int(feat["aatype"].shape[1]),

@@ -77,6 +77,7 @@ class EmbeddingsAndEvoformer(nn.Module):
 
         # ColabFold's bf16 region (utils.bfloat16_context): fp32 unless the policy says bf16.
         # The residual streams (msa, extra, pair) stay fp32; the modules' updates are added into them.
+        # (The template pair stack's own stream starts from a bf16 embedding and stays bf16, as in ColabFold.)
         with trunk_precision():
             if c.template.enabled:
                 pair = pair + self.template_embedding(

@@ -225,8 +225,7 @@ def run_both_fp32(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0, policy=
                                                                        "prev": jax_prev}))
         jax_prev = _to_float16(jax_ret.pop("prev"))
         if cpu_runner is not None:
-            with torch.inference_mode(), cpu_runner.policy.active():
-                cpu_ret, cpu_next = cpu_runner.forward_pass(sub, cpu_prev)
+            cpu_ret, cpu_next = cpu_runner.forward_pass(sub, cpu_prev)
             cpu_prev = _to_float16(cpu_next)
         if history is not None:
             history.append((jax_ret, cpu_ret if cpu_runner is not None else None))
