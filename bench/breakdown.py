@@ -57,6 +57,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", default="single200")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--kernels", default="native", choices=["native", "stock"],
+                    help="the engine's own attention kernel where it applies (default), or PyTorch's only")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--ops", type=int, default=20, help="kernel rows to print")
     ap.add_argument("--slice-mib", type=float, default=None,
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
     data = args.data or test_cache_root() / "bench-data"
     write_random_params(data, "alphafold2_ptm", models=(3,), seed=0)
     cfg, feat = case_features(args.case, passes=1)
-    policy = RuntimePolicy(precision=precision, threads=args.threads)
+    policy = RuntimePolicy(precision=precision, threads=args.threads, kernels=args.kernels)
     if args.slice_mib is not None:
         import dataclasses
 

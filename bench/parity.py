@@ -72,12 +72,6 @@ PERTURBATIONS = {
 }
 
 
-def perturbed_by_one_ulp(feat, key: str, direction: float):
-    out = dict(feat)
-    out[key] = np.nextafter(feat[key], np.float32(direction)).astype(np.float32)
-    return out
-
-
 def worst(rows):
     """Per quantity, the largest max |Δ| (and its mean) over several comparisons."""
     out = {}
@@ -144,7 +138,7 @@ def main(argv=None) -> int:
         diffs = parity.compare(jax_ret, cpu_ret)
         floors = {}
         for label, (key, direction) in PERTURBATIONS.items():
-            jax_again, _ = parity.run_both_fp32(cfg, cpu_flat, perturbed_by_one_ulp(feat, key, direction),
+            jax_again, _ = parity.run_both_fp32(cfg, cpu_flat, parity.perturbed_by_one_ulp(feat, key, direction),
                                                 jax_flat=jax_flat, cpu=False)
             floors[label] = parity.compare(jax_ret, jax_again)
         floor = worst(floors.values())

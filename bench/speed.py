@@ -16,7 +16,10 @@ measured in the same run on the same cores.
 
 Engines: ``jax`` (ColabFold's default, bf16), ``jax_fp32``, ``cpu_fp32``,
 ``cpu_bf16`` (only on a CPU with native bf16), ``ipex`` (the cpu engine in
-the IPEX venv, ``scripts/setup-ipex.sh``; only when that venv exists).
+the IPEX venv, ``scripts/setup-ipex.sh``; only when that venv exists). The
+cpu engines use the kernels ``af2cpu batch`` picks on this machine (native
+where it can, see ``kernels`` in the JSON); ``cpu_fp32_stock`` and
+``cpu_bf16_stock`` (not run by default) pin PyTorch's kernels for an A/B.
 Writes ``bench/results/speed.json``.
 """
 
@@ -68,8 +71,11 @@ def _child(engine: str, case: str, passes: int, cpus: list, data: str, count_flo
         from af2cpu_plugin.engine.policy import RuntimePolicy
         from af2cpu_plugin.runner import CpuRunModel
 
-        policy = RuntimePolicy(precision="bf16" if engine in ("cpu_bf16", "ipex") else "fp32", threads=len(cpus),
-                               kernels="ipex" if engine == "ipex" else "stock")
+        from af2cpu_plugin.hooks.cpu_backend import resolve_kernels
+
+        kernels = "ipex" if engine == "ipex" else "stock" if engine.endswith("_stock") else resolve_kernels("auto")
+        policy = RuntimePolicy(precision="bf16" if engine.startswith("cpu_bf16") or engine == "ipex" else "fp32",
+                               threads=len(cpus), kernels=kernels)
         runner = CpuRunModel(cfg, nested(load_params(npz)), policy=policy)
     stamps = []
     start = time.perf_counter()
@@ -88,7 +94,8 @@ def _child(engine: str, case: str, passes: int, cpus: list, data: str, count_flo
     return {"engine": engine, "case": case, "length": int(feat["aatype"].shape[1]),
             "msa_clusters": int(feat["msa_feat"].shape[1]), "extra_msa": int(feat["extra_msa"].shape[1]),
             "first_pass_s": times[0], "warm_pass_s": statistics.median(times[1:]) if len(times) > 1 else None,
-            "passes_s": times, "peak_rss_gib": rss, "cpus": cpus, "matmul_flops": flops}
+            "passes_s": times, "peak_rss_gib": rss, "cpus": cpus, "matmul_flops": flops,
+            "kernels": None if engine.startswith("jax") else policy.kernels}
 
 
 def _peak_child(cpus: list) -> dict:
@@ -202,8 +209,8 @@ def main(argv=None) -> int:
           f"fp32 {peak['fp32_gflops']:.0f} GFLOP/s, bf16 {peak['bf16_gflops']:.1f} GFLOP/s"
           f"{'' if peak['native_bf16'] else ' (emulated: cpu_bf16 skipped)'}", flush=True)
     engines = [e for e in a.engines.split(",") if e]
-    if not peak["native_bf16"] and "cpu_bf16" in engines:
-        engines.remove("cpu_bf16")
+    if not peak["native_bf16"]:
+        engines = [e for e in engines if not e.startswith("cpu_bf16")]
     if "ipex" in engines and not IPEX_PYTHON.exists():
         print(f"ipex: skipped ({IPEX_PYTHON} not found; make it with scripts/setup-ipex.sh)")
         engines.remove("ipex")
@@ -236,7 +243,7 @@ def main(argv=None) -> int:
             for ref in ("jax", "jax_fp32"):
                 if ref in by and warm and by[ref]["warm_pass_s"]:
                     r[f"warm_speedup_vs_{ref}"] = by[ref]["warm_pass_s"] / warm
-            bf16 = r["engine"] in ("jax", "cpu_bf16", "ipex")
+            bf16 = r["engine"] in ("jax", "ipex") or r["engine"].startswith("cpu_bf16")
             r["gemm_peak_gflops"] = peak["bf16_gflops" if bf16 else "fp32_gflops"]
             if flops and warm:
                 r["achieved_gflops"] = flops / warm / 1e9

@@ -87,12 +87,18 @@ def default_threads() -> int:
 
 
 def resolve_kernels(requested: str) -> str:
-    """``auto`` -> ``ipex`` when intel-extension-for-pytorch is importable and matches torch, else ``stock``."""
+    """``auto`` -> ``ipex`` when intel-extension-for-pytorch is importable and matches torch (its own venv),
+    else ``native`` when the engine's own kernels build and run on this CPU, else ``stock``."""
     if requested != "auto":
         return requested
-    from af2cpu_plugin import ipex
+    from af2cpu_plugin import ipex, kernels
 
-    return "ipex" if ipex.status()[0] else "stock"
+    if ipex.status()[0]:
+        return "ipex"
+    usable, why = kernels.status()
+    if not usable:
+        logger.info("kernels: PyTorch's (%s)", why)
+    return "native" if usable else "stock"
 
 
 # ---------------------------------------------------------------------------
@@ -112,11 +118,13 @@ def af2cpu_add_options(parser, backend_names):
     group = parser.add_argument_group("--backend cpu options", "")
     group.add_argument(
         "--kernels",
-        choices=("auto", "stock", "ipex"),
+        choices=("auto", "native", "stock", "ipex"),
         default="auto",
-        help="GEMM kernels of the cpu engine: 'stock' PyTorch (oneDNN), or 'ipex' (intel-extension-for-pytorch, "
+        help="Kernels of the cpu engine: 'native' (its own AVX-512 attention kernel, built once per machine, "
+        "with PyTorch's oneDNN GEMMs), 'stock' (PyTorch's kernels only), or 'ipex' (intel-extension-for-pytorch, "
         "opt-in: its own venv, scripts/setup-ipex.sh). 'auto' (default): ipex when it is importable and matches "
-        "torch, else stock. config.json records the choice.%(default).0s",
+        "torch, else native where this CPU and a compiler allow it, else stock. config.json records the "
+        "choice.%(default).0s",
     )
     group.add_argument(
         "--subbatch-size",
@@ -185,6 +193,12 @@ def af2cpu_check_request(backend, args, model_type, is_complex):
         usable, why = ipex.status()
         if not usable:
             return f"--kernels ipex: {why} — make its venv with scripts/setup-ipex.sh, or use --kernels stock"
+    if getattr(args, "kernels", "auto") == "native":
+        from af2cpu_plugin import kernels
+
+        usable, why = kernels.status()
+        if not usable:
+            return f"--kernels native: {why} — use --kernels auto or stock"
     subbatch = getattr(args, "subbatch_size", None)
     if subbatch is not None and subbatch < 1:
         return f"--subbatch-size {subbatch} must be at least 1 — pass a positive number of rows or drop it"

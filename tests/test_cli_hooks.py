@@ -141,8 +141,8 @@ def _batch_argv(workdir, *extra, query="query.fasta"):
     ]
 
 
-def _run_cli(args, cwd=REPO):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _run_cli(args, cwd=REPO, **env_vars):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **env_vars)
     return subprocess.run(
         [sys.executable, "-m", "af2cpu_plugin", *args], cwd=cwd, env=env,
         capture_output=True, text=True, timeout=300,
@@ -357,6 +357,16 @@ def test_cpu_refusals_are_one_line(workdir, extra, option):
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith("af2cpu: error: ") and option in errors[0] and " — " in errors[0]
     assert not (workdir / "out").exists()  # refused before ColabFold started
+
+
+def test_native_kernels_that_cannot_build_are_one_line(workdir):
+    """--kernels native where the kernel cannot be built (here: its cache dir cannot be made) is refused in one
+    line; --kernels auto falls back to PyTorch's kernels instead (kernels.status)."""
+    result = _run_cli(_batch_argv(workdir, "--backend", "cpu", "--kernels", "native"),
+                      AF2CPU_KERNELS_DIR="/dev/null/kernels")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "--kernels native" in errors[0] and "--kernels auto or stock" in errors[0], errors
 
 
 def test_unknown_precision_is_one_line_naming_the_valid_values(workdir):

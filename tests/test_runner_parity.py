@@ -151,8 +151,17 @@ def test_complex_with_ptm_model_masks_relpos_by_chain():
     feat = parity.processed_features(cfg, "MKTAYIAKQRQISFVKSHFSRQ:GSHMLEDPVDAFQ")
     assert len(set(feat["asym_id"][0])) == 2
     flat = parity.random_params_for_config(cfg, feat, seed=1)
-    jax_ret, cpu_ret = parity.run_both_fp32(cfg, flat, feat)
+    history = []
+    jax_ret, cpu_ret = parity.run_both_fp32(cfg, flat, feat, history=history)
+    # One pass agrees to rounding. The recycled pass of this random-weight complex amplifies rounding in JAX
+    # too: its own input moved by one float32 ulp moves its coordinates 0.014-0.020 Å (measured), over the
+    # 0.01 Å bar; there the bar is the issue's, 2x that floor.
+    for name, (mx, mean) in parity.compare(*history[0]).items():
+        assert mx <= BARS[name], f"first pass, {name}: max |Δ| {mx:.3g} (mean {mean:.3g})"
+    jax_again, _ = parity.run_both_fp32(cfg, flat, parity.perturbed_by_one_ulp(feat, "msa_feat", np.inf), cpu=False)
+    floor = parity.compare(jax_ret, jax_again)
     for name, (mx, mean) in parity.compare(jax_ret, cpu_ret).items():
-        assert mx <= BARS[name], f"{name}: max |Δ| {mx:.3g} (mean {mean:.3g})"
+        bar = max(BARS[name], 2 * floor[name][0])
+        assert mx <= bar, f"{name}: max |Δ| {mx:.3g} (mean {mean:.3g}), JAX's 1-ulp floor {floor[name][0]:.3g}"
     assert "iptm" in cpu_ret
     assert abs(float(cpu_ret["iptm"]) - float(jax_ret["iptm"])) < 1e-4

@@ -18,7 +18,7 @@ import torch
 
 
 PRECISIONS = ("fp32", "bf16")
-KERNELS = ("stock", "ipex")
+KERNELS = ("native", "stock", "ipex")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,16 +43,19 @@ class RuntimePolicy:
         temporaries (about 4x its input: the fused q, k, v and gate
         projections) under that. None runs each module on the whole tensor.
       threads: intra-op threads for torch; None leaves torch's setting alone.
-      kernels: "stock" (PyTorch's own oneDNN kernels, the default) or "ipex"
-        (GEMMs through intel-extension-for-pytorch, opt-in, in its own venv:
-        see :mod:`af2cpu_plugin.ipex`).
+      kernels: "native" (the default: the engine's own attention kernel,
+        :mod:`af2cpu_plugin.kernels`, where the CPU and the shapes allow it,
+        PyTorch's kernels for everything else), "stock" (PyTorch's kernels
+        only: oneDNN GEMMs, SDPA) or "ipex" (GEMMs through
+        intel-extension-for-pytorch, opt-in, in its own venv: see
+        :mod:`af2cpu_plugin.ipex`).
     """
 
     precision: str = "fp32"
     subbatch_size: Optional[int] = None
     slice_bytes: Optional[int] = 4 * 1024 * 1024
     threads: Optional[int] = None
-    kernels: str = "stock"
+    kernels: str = "native"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

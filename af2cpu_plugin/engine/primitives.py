@@ -305,11 +305,8 @@ class Attention(nn.Module):
         k = kv[:, :qk_width].view(b, nk, h, ck).transpose(1, 2)
         v = kv[:, qk_width:].view(b, nk, h, cv).transpose(1, 2)
 
-        # scaled_dot_product_attention's CPU kernel does logits, softmax and the
-        # weighted average in tiles without the [b, h, q, k] weights (q is
-        # pre-scaled, hence scale=1).
         mask = _additive_mask(bias, nonbatched_bias).to(dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        out = _biased_attention(q, k, v, mask)
         out = _uniform_where_fully_masked(out, v, bias)
         # The kernel writes [b, q, h, c] memory, so this is a view.
         weighted_avg = out.transpose(1, 2).reshape(b * nq, h * cv)
@@ -317,6 +314,22 @@ class Attention(nn.Module):
             gate = proj[:, -h * cv :]  # q, k, v are consumed: the gate's sigmoid can go in place
             weighted_avg = weighted_avg.mul_(gate.sigmoid_())
         return linear_2d(weighted_avg, *self._output_params(dtype)).view(b, nq, -1)
+
+
+def _biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T + mask) v, [b, h, q, c] with [b, q, h, c] memory, by the policy's kernel.
+
+    Both kernels do logits, softmax and the weighted average in tiles without
+    the [b, h, q, k] weights (q is pre-scaled, hence scale=1). The native one
+    (:mod:`af2cpu_plugin.kernels`) is built for AlphaFold's head sizes;
+    PyTorch's SDPA takes the rest and every CPU.
+    """
+    if current_policy().kernels == "native":
+        from af2cpu_plugin import kernels
+
+        if kernels.can_attend(q, k):
+            return kernels.biased_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
 
 
 def _additive_mask(bias: torch.Tensor, nonbatched_bias: Optional[torch.Tensor]) -> torch.Tensor:

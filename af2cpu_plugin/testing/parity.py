@@ -176,6 +176,13 @@ def run_cpu(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0, policy=None) 
     return runner.predict(feat, random_seed=seed)
 
 
+def perturbed_by_one_ulp(feat: Dict[str, np.ndarray], key: str, direction: float) -> Dict[str, np.ndarray]:
+    """``feat`` with ``feat[key]`` moved one float32 ulp towards ``direction`` (±inf): the noise-floor input."""
+    out = dict(feat)
+    out[key] = np.nextafter(feat[key], np.float32(direction)).astype(np.float32)
+    return out
+
+
 def compare(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Tuple[float, float]]:
     """max and mean |Δ| for coordinates (Å, atoms present), pLDDT, PAE and pTM."""
     mask = np.asarray(a["structure_module"]["final_atom_mask"], bool)

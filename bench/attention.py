@@ -1,0 +1,100 @@
+"""The attention kernels alone: the engine's native kernel against PyTorch's SDPA at AlphaFold's shapes.
+
+Same inputs, same pinned cores, alternating repeats; prints time, GFLOP/s of
+the two products (4·b·h·q·k·d) and the share of this machine's oneDNN GEMM
+peak for the precision, measured in the same run. Shapes are one slice of
+what the engine hands the kernel (``RuntimePolicy.slice_bytes``):
+
+    python bench/attention.py                  # every shape, fp32 and bf16 (bf16 only with native bf16)
+    python bench/attention.py --shapes tri400 --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name: (batch rows in one slice, heads, queries, keys, head size)
+SHAPES = {
+    "tri100": (100, 4, 100, 100, 32),  # triangle attention, pair 128 ch / 4 heads
+    "tri200": (80, 4, 200, 200, 32),
+    "tri400": (40, 4, 400, 400, 32),
+    "tri400_template": (64, 4, 400, 400, 16),  # template pair stack: 64 ch / 4 heads
+    "msa_row_deep": (64, 8, 59, 59, 32),  # MSA row attention, 512 clusters x 59 residues
+    "msa_col_deep": (16, 8, 512, 512, 32),  # MSA column attention over 512 clusters
+}
+
+
+def _time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--precision", default="fp32,bf16")
+    ap.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))))
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attention.json")
+    a = ap.parse_args(argv)
+    cpus = sorted(os.sched_getaffinity(0))[: a.threads]
+    os.sched_setaffinity(0, cpus)
+    sys.path.insert(0, str(ROOT))
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(len(cpus))
+    from af2cpu_plugin import kernels
+    from af2cpu_plugin.cpu import cpu_info
+    from bench.flops import gemm_peak
+
+    info = cpu_info()
+    usable, why = kernels.status()
+    print(f"CPU: {info.describe()}\ntorch {torch.__version__}; {len(cpus)} threads; {why}")
+    if not usable:
+        return 1
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    rows = []
+    for prec in a.precision.split(","):
+        dtype = dtypes[prec]
+        if not kernels.cpu_supports(dtype):
+            print(f"{prec}: skipped (this CPU cannot run the native {prec} kernel)")
+            continue
+        peak = gemm_peak(dtype)
+        print(f"\n### {prec}: oneDNN GEMM peak {peak:.0f} GFLOP/s\n"
+              "| shape (b, h, q, k, d) | SDPA ms | native ms | speedup | native GFLOP/s (share of peak) |\n"
+              "|---|---|---|---|---|")
+        for name in a.shapes.split(","):
+            b, h, nq, nk, d = SHAPES[name]
+            gen = torch.Generator().manual_seed(0)
+            q, k, v = (torch.randn(b, n, h, d, generator=gen).to(dtype).transpose(1, 2) for n in (nq, nk, nk))
+            bias = torch.randn(1, h, nq, nk, generator=gen).to(dtype)
+            sdpa = _time(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0), a.repeats)
+            native = _time(lambda: kernels.biased_attention(q, k, v, bias), a.repeats)
+            gflops = 4 * b * h * nq * nk * d / native / 1e9
+            rows.append({"shape": name, "dims": [b, h, nq, nk, d], "precision": prec, "sdpa_s": sdpa,
+                         "native_s": native, "speedup": sdpa / native, "native_gflops": gflops, "gemm_peak": peak})
+            print(f"| {name} {(b, h, nq, nk, d)} | {sdpa * 1e3:.2f} | {native * 1e3:.2f} | {sdpa / native:.2f}x "
+                  f"| {gflops:.0f} ({gflops / peak:.0%}) |", flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = a.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"cpu": info.describe(), "threads": len(cpus), "results": rows}, indent=2))
+    os.replace(tmp, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
