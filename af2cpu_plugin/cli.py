@@ -44,6 +44,12 @@ def _setup_environment() -> None:
     # Before anything imports jax (colabfold.batch does at import time): this
     # plugin is for CPU hosts, and jax must not probe for accelerators.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # Before torch is imported (it reads this once): torch's CPU allocator asks
+    # for transparent huge pages on blocks over 2 MiB, so the pair-sized
+    # activations glibc maps afresh on every call (over its 32 MiB mmap
+    # threshold, see malloc.py) fault in 512x fewer pages. A user's own
+    # THP_MEM_ALLOC_ENABLE=0 wins.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 # ---------------------------------------------------------------------------

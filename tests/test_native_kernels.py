@@ -116,3 +116,20 @@ def test_avx2_path_matches_sdpa():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "AF2CPU_FORCE_AVX2": "1"})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(not BF16_OK, reason="no avx512_bf16")
+@pytest.mark.parametrize("shape", [(7, 5, 128), (3, 256), (1, 64), (0, 128)])
+def test_layer_norm_to_bf16_matches_layer_norm_then_cast(shape):
+    gen = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(*shape, generator=gen) * 3 + 1
+    w = torch.randn(shape[-1], generator=gen)
+    b = torch.randn(shape[-1], generator=gen)
+    ours = kernels.layer_norm_to_bf16(x, w, b, 1e-5)
+    ref = F.layer_norm(x.double(), (shape[-1],), w.double(), b.double(), 1e-5)
+    stock = F.layer_norm(x, (shape[-1],), w, b, 1e-5).to(torch.bfloat16)
+    assert ours.dtype == torch.bfloat16 and ours.shape == x.shape
+    if x.numel():
+        # the same bf16 rounding of (almost) the same fp32 value: at most one bf16 ulp apart from the stock path
+        assert (ours.double() - ref).abs().max() <= (stock.double() - ref).abs().max() * 1.01 + 1e-6
+        assert ((ours.float() - stock.float()).abs() <= stock.float().abs() * 2 ** -7 + 1e-6).all()

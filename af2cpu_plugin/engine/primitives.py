@@ -193,9 +193,15 @@ class LayerNorm(nn.Module):
         self.offset = empty_param(num_channel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = compute_dtype()
+        if dtype == torch.bfloat16 and current_policy().kernels == "native":
+            from af2cpu_plugin import kernels
+
+            if kernels.can_layer_norm_to_bf16(x):  # fp32 stream in, bf16 out: one pass, no fp32 temporary
+                return kernels.layer_norm_to_bf16(x, self.scale, self.offset, self.eps)
         # torch's CPU kernel accumulates bf16 input in fp32 (mixed-type layer norm).
         y = nn.functional.layer_norm(x, (self.num_channel,), self.scale, self.offset, self.eps)
-        return y.to(compute_dtype())
+        return y.to(dtype)
 
 
 class Attention(nn.Module):

@@ -1,9 +1,11 @@
 """The engine's own CPU kernels (``RuntimePolicy.kernels="native"``), built on first use.
 
-One kernel so far: biased multi-head attention for AlphaFold's head sizes
-(``biased_attention.cpp``), faster than PyTorch's CPU flash attention on the
-same inputs (``bench/attention.py``). It is C++ with AVX-512 (fp32, bf16) and
-AVX2 (fp32) intrinsics, each path picked at run time, compiled
+Two kernels: biased multi-head attention for AlphaFold's head sizes
+(``biased_attention.cpp``; AVX-512 fp32 and bf16, AVX2 fp32, each path picked
+at run time), faster than PyTorch's CPU flash attention on the same inputs
+(``bench/attention.py``); and LayerNorm from fp32 rows straight to bf16
+(``layer_norm.cpp``, AVX-512 with avx512_bf16), the bf16 trunk's one-pass
+replacement for layer_norm followed by a cast. C++ with intrinsics, compiled
 once per machine with torch's extension builder (g++ and ninja) into
 ``$AF2CPU_KERNELS_DIR`` (default ``~/.cache/af2cpu-plugin/kernels``), keyed by
 the source, torch version and compiler flags, under a file lock so that
@@ -28,7 +30,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 KERNELS_DIR_ENV = "AF2CPU_KERNELS_DIR"
-_SOURCE = Path(__file__).with_name("biased_attention.cpp")
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("biased_attention.cpp", "layer_norm.cpp"))
 # -fopenmp makes at::parallel_for parallel; the library then links libgomp.so.1,
 # which resolves to the copy torch has already loaded (one OpenMP runtime).
 _CFLAGS = ("-O3", "-fopenmp")
@@ -71,7 +73,7 @@ def _load() -> None:
     from filelock import FileLock
     from torch.utils import cpp_extension
 
-    source = _SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in _SOURCES)
     key = hashlib.sha256(source + torch.__version__.encode() + " ".join(_CFLAGS + _LDFLAGS).encode()).hexdigest()[:16]
     name = f"af2cpu_kernels_{key}"
     build_dir = kernels_dir() / name
@@ -80,7 +82,7 @@ def _load() -> None:
     with FileLock(str(build_dir) + ".lock", timeout=900):
         if not (build_dir / f"{name}.so").exists():
             logger.info("building the native attention kernel once for this machine (%s)", build_dir)
-        cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=list(_CFLAGS),
+        cpp_extension.load(name=name, sources=[str(path) for path in _SOURCES], extra_cflags=list(_CFLAGS),
                            extra_ldflags=list(_LDFLAGS), build_directory=str(build_dir),
                            is_python_module=False, verbose=False)
 
@@ -120,3 +122,17 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     if bias.stride(-1) != 1:
         bias = bias.contiguous()
     return torch.ops.af2cpu.biased_attention(q, k, v, bias)
+
+
+def can_layer_norm_to_bf16(x: torch.Tensor) -> bool:
+    """Whether :func:`layer_norm_to_bf16` takes ``x``: fp32, channels a multiple of 16, a bf16-capable CPU."""
+    return (x.dtype == torch.float32 and x.shape[-1] % 16 == 0 and cpu_supports(torch.bfloat16)
+            and status()[0])
+
+
+def layer_norm_to_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the last axis of fp32 ``x`` (fp32 statistics), returned in bf16, in one pass."""
+    usable, why = status()
+    if not usable:
+        raise RuntimeError(why)
+    return torch.ops.af2cpu.layer_norm_to_bf16(x.contiguous(), weight, bias, eps)
