@@ -51,6 +51,9 @@ _COUNTERS = {
     "aten.baddbmm": lambda a: 2 * _numel(a[1].shape) * a[2].shape[-1],
     "aten._scaled_dot_product_flash_attention_for_cpu": _sdpa,
     "aten._scaled_dot_product_attention_math": _sdpa,
+    # Under inference_mode the dispatch mode sees SDPA whole, not the flash kernel it decomposes into.
+    "aten.scaled_dot_product_attention": _sdpa,
+    "af2cpu.biased_attention": _sdpa,  # the engine's own kernel (af2cpu_plugin/kernels): same products
 }
 
 

@@ -26,3 +26,6 @@ fi
 python -m pip install -q $PIP_EXTRA "$TORCH_SPEC"
 python -m pip install -q -e ".[test]"
 echo "setup: $(python -c 'import torch, colabfold, af2cpu_plugin as a; print(f"af2cpu {a.__version__}, torch {torch.__version__}")')"
+# Build the engine's own kernels now (once per machine, ~15 s) rather than inside the first run; without a C++
+# compiler this prints why and the engine uses PyTorch's kernels.
+echo "setup: $(python -c 'from af2cpu_plugin import kernels; print(kernels.status()[1])')"
