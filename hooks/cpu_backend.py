@@ -14,6 +14,7 @@ converted once to the engine's (fused) layout and cached as safetensors by
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -86,6 +87,7 @@ def default_threads() -> int:
     return max(1, n)
 
 
+@functools.lru_cache(maxsize=None)  # asked by af2cpu_record and af2cpu_make_runner: resolved (and logged) once
 def resolve_kernels(requested: str) -> str:
     """``auto`` -> ``ipex`` when intel-extension-for-pytorch is importable and matches torch (its own venv),
     else ``native`` when the engine's own kernels build and run on this CPU, else ``stock``."""
@@ -120,8 +122,8 @@ def af2cpu_add_options(parser, backend_names):
         "--kernels",
         choices=("auto", "native", "stock", "ipex"),
         default="auto",
-        help="Kernels of the cpu engine: 'native' (its own AVX-512 attention kernel, built once per machine, "
-        "with PyTorch's oneDNN GEMMs), 'stock' (PyTorch's kernels only), or 'ipex' (intel-extension-for-pytorch, "
+        help="Kernels of the cpu engine: 'native' (its own attention and LayerNorm kernels, AVX-512 or AVX2, "
+        "built once per machine, with PyTorch's oneDNN GEMMs), 'stock' (PyTorch's kernels only), or 'ipex' (intel-extension-for-pytorch, "
         "opt-in: its own venv, scripts/setup-ipex.sh). 'auto' (default): ipex when it is importable and matches "
         "torch, else native where this CPU and a compiler allow it, else stock. config.json records the "
         "choice.%(default).0s",

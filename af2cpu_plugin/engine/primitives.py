@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import kernels
 from .policy import compute_dtype, current_policy
 
 # AF2's additive mask value and its logit clip (alphafold.model.half_precision),
@@ -195,8 +196,6 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype()
         if dtype == torch.bfloat16 and current_policy().kernels == "native":
-            from af2cpu_plugin import kernels
-
             if kernels.can_layer_norm_to_bf16(x):  # fp32 stream in, bf16 out: one pass, no fp32 temporary
                 return kernels.layer_norm_to_bf16(x, self.scale, self.offset, self.eps)
         # torch's CPU kernel accumulates bf16 input in fp32 (mixed-type layer norm).
@@ -331,8 +330,6 @@ def _biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     PyTorch's SDPA takes the rest and every CPU.
     """
     if current_policy().kernels == "native":
-        from af2cpu_plugin import kernels
-
         if kernels.can_attend(q, k):
             return kernels.biased_attention(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)

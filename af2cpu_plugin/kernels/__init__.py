@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 KERNELS_DIR_ENV = "AF2CPU_KERNELS_DIR"
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("biased_attention.cpp", "layer_norm.cpp"))
+_HEADERS = (Path(__file__).with_name("cpu_features.h"),)  # part of the build key, not compiled alone
 # -fopenmp makes at::parallel_for parallel; the library then links libgomp.so.1,
 # which resolves to the copy torch has already loaded (one OpenMP runtime).
 _CFLAGS = ("-O3", "-fopenmp")
@@ -46,6 +47,7 @@ def kernels_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "af2cpu-plugin" / "kernels"
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_supports(dtype: torch.dtype) -> bool:
     from af2cpu_plugin.cpu import cpu_info
 
@@ -73,7 +75,7 @@ def _load() -> None:
     from filelock import FileLock
     from torch.utils import cpp_extension
 
-    source = b"".join(path.read_bytes() for path in _SOURCES)
+    source = b"".join(path.read_bytes() for path in _SOURCES + _HEADERS)
     key = hashlib.sha256(source + torch.__version__.encode() + " ".join(_CFLAGS + _LDFLAGS).encode()).hexdigest()[:16]
     name = f"af2cpu_kernels_{key}"
     build_dir = kernels_dir() / name
@@ -81,7 +83,7 @@ def _load() -> None:
     _ninja_on_path()
     with FileLock(str(build_dir) + ".lock", timeout=900):
         if not (build_dir / f"{name}.so").exists():
-            logger.info("building the native attention kernel once for this machine (%s)", build_dir)
+            logger.info("building the native kernels once for this machine (%s)", build_dir)
         cpp_extension.load(name=name, sources=[str(path) for path in _SOURCES], extra_cflags=list(_CFLAGS),
                            extra_ldflags=list(_LDFLAGS), build_directory=str(build_dir),
                            is_python_module=False, verbose=False)
@@ -115,13 +117,10 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     q is not scaled here (scale it first, as ``scale=1`` in SDPA). Returns
     [b, h, nq, d] whose memory is [b, nq, h, d], as SDPA's CPU kernel does.
     """
-    usable, why = status()  # builds or loads the library on first use
-    if not usable:
-        raise RuntimeError(why)
     bias = bias.to(q.dtype)
     if bias.stride(-1) != 1:
         bias = bias.contiguous()
-    return torch.ops.af2cpu.biased_attention(q, k, v, bias)
+    return _ops().biased_attention(q, k, v, bias)
 
 
 def can_layer_norm_to_bf16(x: torch.Tensor) -> bool:
@@ -132,7 +131,12 @@ def can_layer_norm_to_bf16(x: torch.Tensor) -> bool:
 
 def layer_norm_to_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     """LayerNorm over the last axis of fp32 ``x`` (fp32 statistics), returned in bf16, in one pass."""
+    return _ops().layer_norm_to_bf16(x.contiguous(), weight, bias, eps)
+
+
+def _ops():
+    """The kernels' op namespace, building or loading the library on first use; raises why it cannot."""
     usable, why = status()
     if not usable:
         raise RuntimeError(why)
-    return torch.ops.af2cpu.layer_norm_to_bf16(x.contiguous(), weight, bias, eps)
+    return torch.ops.af2cpu

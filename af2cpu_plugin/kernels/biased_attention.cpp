@@ -22,9 +22,10 @@
 
 #include <immintrin.h>
 
+#include "cpu_features.h"
+
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -32,13 +33,8 @@
 namespace af2cpu {
 namespace {
 
-// Three paths, picked at run time by biased_attention(): bf16 needs AVX-512
-// F/BW/VL/DQ with avx512_bf16 (Zen 4 and later, Cooper Lake, Sapphire
-// Rapids); fp32 uses AVX-512 where present, else AVX2 with FMA (Zen 3,
-// Haswell and later). Each function carries its own target attribute, so the
-// file compiles without -march and runs on any x86-64.
-#define AF2CPU_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-#define AF2CPU_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+// Three paths (cpu_features.h), picked at run time by biased_attention():
+// AVX-512 bf16, AVX-512 fp32, AVX2 fp32.
 
 constexpr int kRows = 8;  // query rows processed together (register blocking)
 
@@ -353,8 +349,6 @@ struct Fp32Task : TaskBase<float> {
 // transposed, [D][nk16]; values read in place, half a head (16 channels) per
 // pass so that the accumulators stay in registers.
 
-#define AF2CPU_AVX2 __attribute__((target("avx2,fma")))
-
 AF2CPU_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
   x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // keeps 2^n a normal number below
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
@@ -522,32 +516,6 @@ void run_for_head_size(bool bf16, bool avx512, const at::Tensor& q, const at::Te
   } else {
     run_all<Avx2Task<D>, float>(q, k, v, bias, out);
   }
-}
-
-// AF2CPU_FORCE_AVX2=1 runs the AVX2 fp32 path on an AVX-512 CPU (tests, and
-// benchmarking what an AVX2-only machine would run).
-bool force_avx2() {
-  static const bool force = [] {
-    const char* env = std::getenv("AF2CPU_FORCE_AVX2");
-    return env != nullptr && env[0] == '1';
-  }();
-  return force;
-}
-
-bool has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
-
-bool has_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
-bool has_avx512_bf16() {
-  __builtin_cpu_init();
-  return has_avx512() && __builtin_cpu_supports("avx512bf16");
 }
 
 // q, k, v [B, H, L, D] with unit stride along D (views of a projection are

@@ -15,13 +15,13 @@
 
 #include <immintrin.h>
 
+#include "cpu_features.h"
+
 #include <cmath>
 #include <cstdint>
 
 namespace af2cpu {
 namespace {
-
-#define AF2CPU_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 AF2CPU_AVX512_BF16 void normalize_rows(const float* x, const float* w, const float* b, at::BFloat16* y, int64_t rows,
                                        int64_t c, float eps) {
@@ -43,13 +43,6 @@ AF2CPU_AVX512_BF16 void normalize_rows(const float* x, const float* w, const flo
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + r * c + j), (__m256i)_mm512_cvtneps_pbh(out));
     }
   }
-}
-
-bool has_avx512_bf16() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512bf16");
 }
 
 // x [..., C] fp32, contiguous; weight, bias [C] fp32; C a multiple of 16.
