@@ -62,4 +62,6 @@ def linear(x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.Tensor]
     y = _packed(weight_t, bias)(x)
     if post == "relu":
         y = torch.relu_(y)
+    elif post == "sigmoid":
+        y = torch.sigmoid_(y)
     return y.mul_(other) if other is not None else y

@@ -1,4 +1,4 @@
-"""The native attention kernel (af2cpu_plugin.kernels) against PyTorch's SDPA.
+"""The native kernels (af2cpu_plugin.kernels) against PyTorch's SDPA and pointwise ops.
 
 Skipped, with the reason, where the kernel cannot run (no AVX-512, no
 compiler); the engine then uses SDPA, which the other tests cover.
@@ -94,12 +94,19 @@ def test_attention_module_uses_it_and_agrees_with_stock():
     torch.testing.assert_close(native, stock, rtol=0, atol=2e-6)
 
 
-def test_avx2_path_matches_sdpa():
-    """The fp32 AVX2 path (what a Zen 3 runs), forced on this CPU in a fresh process."""
+def _run_with_avx2_forced(code: str) -> None:
+    """Run ``code`` in a fresh process with the AVX2 paths forced (AF2CPU_FORCE_AVX2=1); it prints ok."""
     import os
     import subprocess
     import sys
 
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "AF2CPU_FORCE_AVX2": "1"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_avx2_path_matches_sdpa():
+    """The fp32 AVX2 path (what a Zen 3 runs), forced on this CPU in a fresh process."""
     code = (
         "import torch, torch.nn.functional as F\n"
         "from af2cpu_plugin import kernels\n"
@@ -113,9 +120,7 @@ def test_avx2_path_matches_sdpa():
         "    assert err < 5e-6, (b, h, nq, nk, d, err)\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "AF2CPU_FORCE_AVX2": "1"})
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    _run_with_avx2_forced(code)
 
 
 @pytest.mark.skipif(not BF16_OK, reason="no avx512_bf16")
@@ -133,3 +138,127 @@ def test_layer_norm_to_bf16_matches_layer_norm_then_cast(shape):
         # the same bf16 rounding of (almost) the same fp32 value: at most one bf16 ulp apart from the stock path
         assert (ours.double() - ref).abs().max() <= (stock.double() - ref).abs().max() * 1.01 + 1e-6
         assert ((ours.float() - stock.float()).abs() <= stock.float().abs() * 2 ** -7 + 1e-6).all()
+
+
+def _gate_reference(q, k, v, bias, gate):
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=bias.double(), scale=1.0)
+    return exact * torch.sigmoid(gate.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 4, 37, 29, 32), (2, 2, 9, 100, 16), (2, 8, 21, 59, 8)])
+def test_gate_is_applied_in_the_kernel(dtype, shape):
+    """out * sigmoid(gate), the gate a strided view laid out like the output; head size 8 is padded to 16."""
+    if dtype == torch.bfloat16 and not BF16_OK:
+        pytest.skip("no avx512_bf16")
+    b, h, nq, nk, d = shape
+    gen = torch.Generator().manual_seed(nq)
+    q, k, v, _, bias = _inputs(*shape, dtype, gen)
+    gate = (torch.randn(b * nq, h * d + 3, generator=gen) * 4)[:, 3:].view(b, nq, h, d).transpose(1, 2).to(dtype)
+    ours = kernels.biased_attention(q, k, v, bias, gate)
+    ref = _gate_reference(q, k, v, bias, gate)
+    assert ours.shape == ref.shape and ours.dtype == dtype
+    err = (ours.double() - ref).abs().max().item()
+    if dtype == torch.float32:
+        assert err < 5e-6, err
+    else:  # no worse than SDPA, then the sigmoid and product, each rounded to bf16
+        stock = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0) * torch.sigmoid(gate)
+        assert err <= 1.25 * (stock.double() - ref).abs().max().item() + 1e-3
+
+
+def test_avx2_gate_and_pointwise():
+    """The AVX2 paths of the gate and of gated_rows_ (what a Zen 3 runs), forced in a fresh process."""
+    code = (
+        "import torch, torch.nn.functional as F\n"
+        "from af2cpu_plugin import kernels\n"
+        "g = torch.Generator().manual_seed(2)\n"
+        "q, k, v = (torch.randn(2, 4, n, 32, generator=g) for n in (13, 40, 40))\n"
+        "bias = torch.randn(2, 4, 13, 40, generator=g)\n"
+        "gate = torch.randn(2, 4, 13, 32, generator=g) * 4\n"
+        "ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=bias.double(), scale=1.0)\n"
+        "err = (kernels.biased_attention(q, k, v, bias, gate).double() - ref * torch.sigmoid(gate.double())).abs().max()\n"
+        "assert err < 5e-6, err\n"
+        "x = torch.randn(6, 1003, generator=g) * 4\n"
+        "bias = torch.randn(6, generator=g)\n"
+        "ref = (x[:3].double() + bias[:3, None].double()) * torch.sigmoid(x[3:].double() + bias[3:, None].double())\n"
+        "err = (kernels.gated_rows_(x, bias, None).double() - ref).abs().max()\n"
+        "assert err < 1e-5, err\n"
+        "print('ok')\n"
+    )
+    _run_with_avx2_forced(code)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("rows, positions", [(4, 1003), (256, 4096 + 7), (2, 5)])
+def test_gated_rows_matches_the_three_passes(dtype, with_mask, rows, positions):
+    """(x[r] + b[r]) * mask * sigmoid(x[n+r] + b[n+r]) in one pass, against PyTorch's passes; tails included."""
+    if dtype == torch.bfloat16 and not BF16_OK:
+        pytest.skip("no avx512_bf16")
+    from af2cpu_plugin.engine import primitives
+
+    gen = torch.Generator().manual_seed(rows + positions)
+    x = (torch.randn(rows, positions, generator=gen) * 4).to(dtype)
+    bias = torch.randn(rows, generator=gen)
+    mask = (torch.rand(positions, generator=gen) > 0.2).float() if with_mask else None
+    n = rows // 2
+    exact = (x[:n].double() + bias[:n, None].double()) * torch.sigmoid(x[n:].double() + bias[n:, None].double())
+    if mask is not None:
+        exact = exact * mask.double()
+    with RuntimePolicy(kernels="stock").active():
+        stock = primitives.gated_rows_(x.clone(), bias, mask)
+    with RuntimePolicy(kernels="native").active():
+        ours = primitives.gated_rows_(x.clone(), bias, mask)
+    assert ours.shape == (n, positions) and ours.dtype == dtype
+    err, err_stock = ((t.double() - exact).abs().max().item() for t in (ours, stock))
+    if dtype == torch.float32:
+        assert err <= 4 * 2 ** -23 * exact.abs().max().item(), (err, err_stock)
+    else:  # one rounding instead of three
+        assert err <= err_stock + 1e-6, (err, err_stock)
+
+
+@pytest.mark.skipif(not BF16_OK, reason="no avx512_bf16")
+def test_add_into_adds_a_bf16_update_exactly():
+    """fp32 stream += bf16 update (strided: a transposed update) is the same as adding its fp32 copy."""
+    from af2cpu_plugin.engine import primitives
+
+    acc = torch.randn(9, 7, 128)
+    update = torch.randn(7, 9, 128).to(torch.bfloat16).transpose(0, 1)
+    expected = acc + update.float()
+    with RuntimePolicy(kernels="native").active():
+        out = primitives.residual_add_(acc, update)
+    assert out is acc
+    torch.testing.assert_close(acc, expected, rtol=0, atol=0)
+
+
+def test_matmul_2d_matches_matmul():
+    from af2cpu_plugin.engine.primitives import matmul_2d
+
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(70, 300, generator=gen), torch.randn(300, 50, generator=gen)
+    torch.testing.assert_close(matmul_2d(a, b), a @ b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("equation", ["ikc,jkc->ijc", "kjc,kic->ijc"])
+def test_triangle_multiplication_native_agrees_with_stock(equation):
+    """The fused gate pass and the sigmoid in the GEMM's epilogue change nothing beyond rounding."""
+    import ml_collections
+
+    from af2cpu_plugin.engine.triangle_multiplication import TriangleMultiplication
+
+    config = ml_collections.ConfigDict({"equation": equation, "num_intermediate_channel": 32,
+                                        "fuse_projection_weights": True})
+    torch.manual_seed(4)
+    tri = TriangleMultiplication(config, 32)
+    with torch.no_grad():
+        for p in tri.parameters():
+            p.normal_(0, 0.2)
+    pair = torch.randn(23, 23, 32)
+    mask = torch.ones(23, 23)
+    mask[20:] = 0
+    with torch.inference_mode():
+        with RuntimePolicy(kernels="native").active():
+            native = tri(pair, mask)
+        with RuntimePolicy(kernels="stock").active():
+            stock = tri(pair, mask)
+    torch.testing.assert_close(native, stock, rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ from torch import nn
 from .msa_attention import MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias
 from .outer_product_mean import OuterProductMean
 from .params import LayerStack
+from .primitives import residual_add_
 from .transition import Transition
 from .triangle_attention import TriangleAttention
 from .triangle_multiplication import TriangleMultiplication
@@ -65,17 +66,17 @@ class EvoformerIteration(nn.Module):
             pair = pair + self.outer_product_mean(msa, msa_mask)
         msa = msa + self.msa_row_attention_with_pair_bias(msa, msa_mask, pair)
         if self.is_extra_msa:
-            msa += self.msa_column_global_attention(msa, msa_mask)
+            residual_add_(msa, self.msa_column_global_attention(msa, msa_mask))
         else:
-            msa += self.msa_column_attention(msa, msa_mask)
-        msa += self.msa_transition(msa, msa_mask)
+            residual_add_(msa, self.msa_column_attention(msa, msa_mask))
+        residual_add_(msa, self.msa_transition(msa, msa_mask))
         if not self.outer_product_mean_first:
             pair = pair + self.outer_product_mean(msa, msa_mask)
-        pair += self.triangle_multiplication_outgoing(pair, pair_mask)
-        pair += self.triangle_multiplication_incoming(pair, pair_mask)
-        pair += self.triangle_attention_starting_node(pair, pair_mask)
-        pair += self.triangle_attention_ending_node(pair, pair_mask)
-        pair += self.pair_transition(pair, pair_mask)
+        residual_add_(pair, self.triangle_multiplication_outgoing(pair, pair_mask))
+        residual_add_(pair, self.triangle_multiplication_incoming(pair, pair_mask))
+        residual_add_(pair, self.triangle_attention_starting_node(pair, pair_mask))
+        residual_add_(pair, self.triangle_attention_ending_node(pair, pair_mask))
+        residual_add_(pair, self.pair_transition(pair, pair_mask))
         return msa, pair
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .chunking import subbatched
-from .primitives import LayerNorm, Linear, derived, empty_param, linear_2d
+from .primitives import LayerNorm, Linear, derived, empty_param, linear_2d, matmul_2d
 
 # Added to the count of sequences where both residues are present (haiku's epsilon).
 NORM_EPSILON = 1e-3
@@ -47,7 +47,7 @@ class OuterProductMean(nn.Module):
         ri, s, c = left_t.shape
         r = right.shape[1]
         # [r_i*c, S] @ [S, R*c] -> sum over sequences of left[s,i,a]*right[s,j,b]
-        outer = torch.matmul(left_t.transpose(1, 2).reshape(ri * c, s), right.reshape(s, r * c))
+        outer = matmul_2d(left_t.transpose(1, 2).reshape(ri * c, s), right.reshape(s, r * c))
         outer = outer.reshape(ri, c, r, c).permute(0, 2, 1, 3).reshape(ri * r, c * c)
         return linear_2d(outer, *self._w_flat(outer.dtype)).reshape(ri, r, -1)
 
@@ -66,10 +66,10 @@ class OuterProductMean(nn.Module):
 
         w_b, bias = derived(self, f"w_right@{right.dtype}", build, self.output_w, self.output_b)
         cz = bias.shape[0]
-        projected = torch.matmul(right.reshape(s * r, c), w_b)  # [S*R, a*z]
+        projected = matmul_2d(right.reshape(s * r, c), w_b)  # [S*R, a*z]
         projected = projected.view(s, r, c, cz).permute(0, 2, 1, 3).reshape(s * c, r * cz)
         left_rows = left.permute(1, 0, 2).reshape(r, s * c)
-        return torch.matmul(left_rows, projected).view(r, r, cz).add_(bias)
+        return matmul_2d(left_rows, projected).view(r, r, cz).add_(bias)
 
     def forward(self, msa_act: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
         """msa_act [S, R, c_m], msa_mask [S, R] -> update [R, R, c_z]."""

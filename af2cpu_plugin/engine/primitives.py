@@ -52,12 +52,14 @@ def linear_2d(
 ) -> torch.Tensor:
     """``post(x @ weight_t.T + bias)`` for 2-D ``x`` [m, in], ``weight_t`` [out, in].
 
-    ``post`` is ``"none"`` or ``"relu"``.
+    ``post`` is ``"none"``, ``"relu"`` or ``"sigmoid"``.
     """
     if _ONEDNN and x.dtype in _ONEDNN_DTYPES:
         return torch.ops.mkldnn._linear_pointwise(x, weight_t, bias, post, [], "")
-    y = F.linear(x, weight_t, bias)
-    return torch.relu_(y) if post == "relu" else y
+    return _POST[post](F.linear(x, weight_t, bias))
+
+
+_POST = {"none": lambda y: y, "relu": torch.relu_, "sigmoid": torch.sigmoid_}
 
 
 def linear_2d_mul(
@@ -67,6 +69,41 @@ def linear_2d_mul(
     if _ONEDNN and x.dtype in _ONEDNN_DTYPES and other.dtype == x.dtype and other.is_contiguous():
         return torch.ops.mkldnn._linear_pointwise(x, other, weight_t, bias, "mul")
     return F.linear(x, weight_t, bias).mul_(other)
+
+
+def matmul_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for 2-D operands through oneDNN (MKL's sgemm, what ``torch.matmul`` calls, is
+    about half as fast here). ``b`` goes in as the transposed view of a [out, in] weight: no copy."""
+    if _ONEDNN and a.dtype in _ONEDNN_DTYPES and b.dtype == a.dtype:
+        return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
+    return torch.matmul(a, b)
+
+
+def gated_rows_(x: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Rows ``[:n]`` of ``x`` [2n, P] become ``(x[r] + bias[r]) * mask * sigmoid(x[n+r] + bias[n+r])``, in place.
+
+    A GLU over channel-major rows (the triangle multiplication's projection
+    and gate); ``bias`` [2n] and ``mask`` [P] (None: all ones) are fp32. Returns
+    ``x[:n]``. The native kernel does it in one pass, rounded once.
+    """
+    if current_policy().kernels == "native" and kernels.can_gate_rows(x):
+        return kernels.gated_rows_(x, bias, mask)
+    n = x.shape[0] // 2
+    proj, gate = x[:n], x[n:]
+    proj.add_(bias[:n, None].to(x.dtype))
+    if mask is not None:
+        proj.mul_(mask.to(x.dtype))
+    return proj.mul_(gate.add_(bias[n:, None].to(x.dtype)).sigmoid_())
+
+
+def residual_add_(stream: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """``stream += update`` (a dropout_wrapper at inference); the update may be bf16, the stream is fp32.
+
+    The native kernel adds a bf16 update without first copying it to fp32.
+    """
+    if current_policy().kernels == "native" and kernels.can_add_into(stream, update):
+        return kernels.add_into_(stream, update)
+    return stream.add_(update)
 
 
 def derived(module: nn.Module, name: str, build: Callable[..., object], *sources: torch.Tensor):
@@ -172,6 +209,10 @@ class Linear(nn.Module):
     def forward_relu(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(self(x))``, the ReLU applied in the GEMM's output pass."""
         return self._apply(x, post="relu")
+
+    def forward_sigmoid(self, x: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(self(x))``, the sigmoid applied in the GEMM's output pass."""
+        return self._apply(x, post="sigmoid")
 
     def forward_mul(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """``self(x) * other`` (``other`` shaped like the output), the product fused into the GEMM."""
@@ -310,29 +351,37 @@ class Attention(nn.Module):
         k = kv[:, :qk_width].view(b, nk, h, ck).transpose(1, 2)
         v = kv[:, qk_width:].view(b, nk, h, cv).transpose(1, 2)
 
+        gate = proj[:, -h * cv :].view(b, nq, h, cv).transpose(1, 2) if self.gating else None
+
         mask = _additive_mask(bias, nonbatched_bias).to(dtype)
-        out = _biased_attention(q, k, v, mask)
-        out = _uniform_where_fully_masked(out, v, bias)
-        # The kernel writes [b, q, h, c] memory, so this is a view.
+        dead = _fully_masked_queries(bias)
+        if dead is None:
+            out = _biased_attention(q, k, v, mask, gate)
+        else:
+            out = torch.where(dead, v.mean(dim=-2, keepdim=True), _biased_attention(q, k, v, mask))
+            out = out if gate is None else out * gate.sigmoid()
+        # The kernels write [b, q, h, c] memory, so this is a view.
         weighted_avg = out.transpose(1, 2).reshape(b * nq, h * cv)
-        if self.gating:
-            gate = proj[:, -h * cv :]  # q, k, v are consumed: the gate's sigmoid can go in place
-            weighted_avg = weighted_avg.mul_(gate.sigmoid_())
         return linear_2d(weighted_avg, *self._output_params(dtype)).view(b, nq, -1)
 
 
-def _biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T + mask) v, [b, h, q, c] with [b, q, h, c] memory, by the policy's kernel.
+def _biased_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, gate: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """softmax(q k^T + mask) v [* sigmoid(gate)], [b, h, q, c] with [b, q, h, c] memory, by the policy's kernel.
 
     Both kernels do logits, softmax and the weighted average in tiles without
     the [b, h, q, k] weights (q is pre-scaled, hence scale=1). The native one
-    (:mod:`af2cpu_plugin.kernels`) is built for AlphaFold's head sizes;
-    PyTorch's SDPA takes the rest and every CPU.
+    (:mod:`af2cpu_plugin.kernels`) is built for AlphaFold's head sizes and
+    applies the gate as it stores the result; PyTorch's SDPA takes the rest
+    and every CPU. ``gate`` may be overwritten (it is a view of the
+    projections, which are consumed by now).
     """
     if current_policy().kernels == "native":
         if kernels.can_attend(q, k):
-            return kernels.biased_attention(q, k, v, mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+            return kernels.biased_attention(q, k, v, mask, gate)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    return out if gate is None else out.mul_(gate.sigmoid_())
 
 
 def _additive_mask(bias: torch.Tensor, nonbatched_bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -353,19 +402,17 @@ def _additive_mask(bias: torch.Tensor, nonbatched_bias: Optional[torch.Tensor]) 
     return torch.add(bias, nonbatched_bias, out=bias.new_empty(shape))
 
 
-def _uniform_where_fully_masked(out: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """AF2's result for a query whose keys are all masked: the plain mean of the values.
+def _fully_masked_queries(bias: torch.Tensor) -> Optional[torch.Tensor]:
+    """Where a query's keys are all masked ([b|1, h|1, q|1, 1]), or None when no query is.
 
     AF2 clips the logits to ±LOGIT_CLIP before the softmax, so a row whose keys
     all carry the mask bias (-1e9, far below -LOGIT_CLIP) becomes a row of equal
-    logits: uniform weights, whatever q·k and the pair bias were. The unclipped
-    softmax would weight such a row by those small terms instead.
-    out [b, h, q, c], v [b, h, k, c], bias broadcastable to [b, h, q, k].
+    logits: uniform weights, whatever q·k and the pair bias were, so its result
+    is the plain mean of the values. The unclipped softmax would weight such a
+    row by those small terms instead. bias broadcastable to [b, h, q, k].
     """
-    dead = (bias <= BIG_NEG / 2).all(dim=-1, keepdim=True)  # [b|1, h|1, q|1, 1]
-    if not bool(dead.any()):
-        return out
-    return torch.where(dead, v.mean(dim=-2, keepdim=True), out)
+    dead = (bias <= BIG_NEG / 2).all(dim=-1, keepdim=True)
+    return dead if bool(dead.any()) else None
 
 
 class GlobalAttention(nn.Module):

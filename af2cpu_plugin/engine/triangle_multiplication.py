@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .primitives import LayerNorm, Linear, derived, linear_2d
+from .primitives import LayerNorm, Linear, derived, gated_rows_, linear_2d
 
 _OUTGOING = "ikc,jkc->ijc"
 _INCOMING = "kjc,kic->ijc"
@@ -44,10 +44,10 @@ class TriangleMultiplication(nn.Module):
         self.gating_linear = Linear(pair_channel, pair_channel)
 
     def _channel_major_params(self, dtype: torch.dtype):
-        """``projection`` and ``gate`` stacked as one [4c, c_z] weight and a [4c, 1] bias, in ``dtype``."""
+        """``projection`` and ``gate`` stacked as one [4c, c_z] weight in ``dtype`` and a [4c] fp32 bias."""
 
         def build(pw, pb, gw, gb):
-            return torch.cat([pw, gw], dim=1).t().to(dtype).contiguous(), torch.cat([pb, gb])[:, None].to(dtype)
+            return torch.cat([pw, gw], dim=1).t().to(dtype).contiguous(), torch.cat([pb, gb]).float().contiguous()
 
         lin_p, lin_g = self.projection, self.gate
         return derived(self, f"proj_gate@{dtype}", build, lin_p.weights, lin_p.bias, lin_g.weights, lin_g.bias)
@@ -57,18 +57,16 @@ class TriangleMultiplication(nn.Module):
         n0, n1, cz = pair_act.shape
         ci = self.num_intermediate_channel
         act = self.left_norm_input(pair_act).reshape(n0 * n1, cz)
-        mask = pair_mask.to(act.dtype).reshape(1, n0 * n1)
+        # No padding (one query): the mask is all ones, and is skipped.
+        mask = None if bool(pair_mask.all()) else pair_mask.to(torch.float32).reshape(n0 * n1)
 
         # Channel-major [4c, N*N] (projection rows, then gate rows) so that the
         # triangle contraction below is a bmm over channels: W·actᵀ is the
         # GEMM linear_2d computes with the roles of input and weight swapped
-        # (so the bias runs along rows and is added separately).
+        # (so the bias runs along rows and is added with the gate, in one pass).
         weight_t, bias = self._channel_major_params(act.dtype)
-        proj_gate = linear_2d(weight_t, act, None).add_(bias)
-        proj, gate = proj_gate[: 2 * ci], proj_gate[2 * ci :]
-        if not bool(mask.all()):  # no padding (one query): the mask is all ones, skip the pass
-            proj = proj.mul_(mask)  # masked before the gate, as haiku
-        proj = proj.mul_(gate.sigmoid_())
+        proj_gate = linear_2d(weight_t, act, None)
+        proj = gated_rows_(proj_gate, bias, mask)  # (proj + b) * mask * sigmoid(gate + b_g), as haiku
         left = proj[:ci].reshape(ci, n0, n1)
         right = proj[ci:].reshape(ci, n0, n1)
         if self.outgoing:
@@ -77,8 +75,8 @@ class TriangleMultiplication(nn.Module):
         else:
             # out[c, i, j] = sum_k left[c, k, j] * right[c, k, i]
             tri = torch.bmm(right.transpose(1, 2), left)
-        del proj_gate, proj, gate, left, right
+        del proj_gate, proj, left, right
 
         out = self.center_norm(tri.permute(1, 2, 0))
-        gate_out = torch.sigmoid_(self.gating_linear(act))
+        gate_out = self.gating_linear.forward_sigmoid(act)
         return self.output_projection.forward_mul(out, gate_out).reshape(n0, n1, cz)

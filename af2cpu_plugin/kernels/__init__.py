@@ -1,11 +1,13 @@
 """The engine's own CPU kernels (``RuntimePolicy.kernels="native"``), built on first use.
 
-Two kernels: biased multi-head attention for AlphaFold's head sizes
+Biased, optionally gated, multi-head attention for AlphaFold's head sizes
 (``biased_attention.cpp``; AVX-512 fp32 and bf16, AVX2 fp32, each path picked
 at run time), faster than PyTorch's CPU flash attention on the same inputs
-(``bench/attention.py``); and LayerNorm from fp32 rows straight to bf16
-(``layer_norm.cpp``, AVX-512 with avx512_bf16), the bf16 trunk's one-pass
-replacement for layer_norm followed by a cast. C++ with intrinsics, compiled
+(``bench/attention.py``); LayerNorm from fp32 rows straight to bf16
+(``layer_norm.cpp``), the bf16 trunk's one-pass replacement for layer_norm
+followed by a cast; and memory-bound passes fused into one
+(``pointwise.cpp``: the triangle multiplication's bias, mask and sigmoid gate;
+the bf16 trunk's residual update into its fp32 stream). C++ with intrinsics, compiled
 once per machine with torch's extension builder (g++ and ninja) into
 ``$AF2CPU_KERNELS_DIR`` (default ``~/.cache/af2cpu-plugin/kernels``), keyed by
 the source, torch version and compiler flags, under a file lock so that
@@ -23,15 +25,15 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 KERNELS_DIR_ENV = "AF2CPU_KERNELS_DIR"
-_SOURCES = tuple(Path(__file__).with_name(name) for name in ("biased_attention.cpp", "layer_norm.cpp"))
-_HEADERS = (Path(__file__).with_name("cpu_features.h"),)  # part of the build key, not compiled alone
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("biased_attention.cpp", "layer_norm.cpp", "pointwise.cpp"))
+_HEADERS = tuple(Path(__file__).with_name(name) for name in ("cpu_features.h", "vec_math.h"))  # part of the build key, not compiled alone
 # -fopenmp makes at::parallel_for parallel; the library then links libgomp.so.1,
 # which resolves to the copy torch has already loaded (one OpenMP runtime).
 _CFLAGS = ("-O3", "-fopenmp")
@@ -39,7 +41,7 @@ _LDFLAGS = ("-fopenmp",)
 # /proc/cpuinfo flags of the kernel's paths (biased_attention.cpp picks one at run time).
 _AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
 _AVX2 = ("avx2", "fma")
-HEAD_SIZES = (16, 32)
+HEAD_SIZES = (16, 32)  # the kernel's own; smaller heads (the extra MSA's 8) are zero-padded to 16
 
 
 def kernels_dir() -> Path:
@@ -103,24 +105,35 @@ def _ninja_on_path() -> None:
 def can_attend(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether :func:`biased_attention` takes these inputs (else use PyTorch's kernel).
 
-    Head sizes 16 and 32 (AlphaFold's triangle, MSA and template attention),
-    fp32 or bf16, and at least 16 keys: below that the packing costs more
-    than it saves.
+    Head sizes 16 and 32 (AlphaFold's triangle, MSA and template attention)
+    and 8 (the extra MSA's row attention, padded to 16), fp32 or bf16, and at
+    least 16 keys: below that the packing costs more than it saves.
     """
-    return (q.shape[-1] in HEAD_SIZES and k.shape[-2] >= 16 and q.dtype in (torch.float32, torch.bfloat16)
+    return ((q.shape[-1] in HEAD_SIZES or q.shape[-1] == 8) and k.shape[-2] >= 16 and q.dtype in (torch.float32, torch.bfloat16)
             and cpu_supports(q.dtype) and status()[0])
 
 
-def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                     gate: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(q k^T + bias) v for q, k, v [b, h, n, d] and bias broadcastable to [b, h, nq, nk].
 
     q is not scaled here (scale it first, as ``scale=1`` in SDPA). Returns
-    [b, h, nq, d] whose memory is [b, nq, h, d], as SDPA's CPU kernel does.
+    [b, h, nq, d] whose memory is [b, nq, h, d], as SDPA's CPU kernel does;
+    times ``sigmoid(gate)`` when a gate [b, h, nq, d] is given (any strides
+    but the last), applied before the result is rounded to q's dtype.
     """
     bias = bias.to(q.dtype)
     if bias.stride(-1) != 1:
         bias = bias.contiguous()
-    return _ops().biased_attention(q, k, v, bias)
+    head_size = q.shape[-1]
+    if head_size not in HEAD_SIZES:  # zero channels add nothing to q·k, and give zero outputs
+        pad = HEAD_SIZES[0] - head_size
+        q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
+        gate = None if gate is None else torch.nn.functional.pad(gate, (0, pad))
+        return _ops().biased_attention(q, k, v, bias, gate)[..., :head_size]
+    if gate is not None and gate.stride(-1) != 1:
+        gate = gate.contiguous()
+    return _ops().biased_attention(q, k, v, bias, gate)
 
 
 def can_layer_norm_to_bf16(x: torch.Tensor) -> bool:
@@ -132,6 +145,34 @@ def can_layer_norm_to_bf16(x: torch.Tensor) -> bool:
 def layer_norm_to_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     """LayerNorm over the last axis of fp32 ``x`` (fp32 statistics), returned in bf16, in one pass."""
     return _ops().layer_norm_to_bf16(x.contiguous(), weight, bias, eps)
+
+
+def can_gate_rows(x: torch.Tensor) -> bool:
+    """Whether :func:`gated_rows_` takes ``x``: contiguous [2n, P], fp32 (AVX2) or bf16 (avx512_bf16)."""
+    return (x.dim() == 2 and x.is_contiguous() and x.shape[0] % 2 == 0 and x.dtype in (torch.float32, torch.bfloat16)
+            and cpu_supports(x.dtype) and status()[0])
+
+
+def gated_rows_(x: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Rows ``[:n]`` of ``x`` [2n, P] become ``(x[r] + bias[r]) * mask * sigmoid(x[n+r] + bias[n+r])``, in place.
+
+    One pass, fp32 arithmetic, rounded once; ``bias`` [2n] and ``mask`` [P]
+    (None: all ones) are fp32. Returns ``x[:n]``.
+    """
+    _ops().gated_rows_(x, bias, mask)
+    return x[: x.shape[0] // 2]
+
+
+def can_add_into(acc: torch.Tensor, update: torch.Tensor) -> bool:
+    """Whether :func:`add_into_` takes these: fp32 ``acc`` (contiguous) and a bf16 ``update`` of its shape."""
+    return (acc.dtype == torch.float32 and update.dtype == torch.bfloat16 and acc.dim() == 3
+            and acc.shape == update.shape and acc.is_contiguous() and update.stride(-1) == 1
+            and acc.shape[-1] % 16 == 0 and cpu_supports(torch.bfloat16) and status()[0])
+
+
+def add_into_(acc: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """``acc += update`` for an fp32 stream and a bf16 update, without an fp32 copy of the update."""
+    return _ops().add_into_(acc, update)
 
 
 def _ops():

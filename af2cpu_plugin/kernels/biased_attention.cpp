@@ -11,6 +11,11 @@
 // keeps logits, softmax and the weighted sum for 8 query rows in registers and
 // L1: no GEMM calls, no [b, h, q, k] tensor.
 //
+// With a gate (AlphaFold's gated attention: the output times sigmoid(gate),
+// gate laid out like the output), the product is taken on the fp32 result
+// before it is stored: one rounding instead of three, and no separate
+// sigmoid and product passes over the [b, q, h, d] tensor.
+//
 // Numerics follow PyTorch's kernel: bf16 inputs, fp32 logits, fp32 softmax
 // statistics (max and sum over the whole row: rows fit in cache, so no
 // online rescaling), probabilities rounded to the input dtype for the second
@@ -23,6 +28,7 @@
 #include <immintrin.h>
 
 #include "cpu_features.h"
+#include "vec_math.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -37,34 +43,6 @@ namespace {
 // AVX-512 bf16, AVX-512 fp32, AVX2 fp32.
 
 constexpr int kRows = 8;  // query rows processed together (register blocking)
-
-// e^x for x <= 0 (a logit minus its row's max): 2^n * p(r) with
-// r = x - n ln2 in [-ln2/2, ln2/2] and p a Taylor polynomial. Degree 7 is
-// ~1 ulp (fp32); degree 5 (relative error 3e-6) is for weights that are
-// rounded to bf16 (8 bits) anyway.
-template <int Degree>
-AF2CPU_AVX512 inline __m512 exp_nonpositive(__m512 x) {
-  static_assert(Degree == 5 || Degree == 7);
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));  // e^-87 ~ 1.6e-38: no weight, and no inf - inf below
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p;
-  if constexpr (Degree == 7) {
-    p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  } else {
-    p = _mm512_set1_ps(1.0f / 120);
-  }
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
 
 AF2CPU_AVX512 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
@@ -138,6 +116,7 @@ struct TaskBase {
   const T* q; int64_t q_row;
   const T* bias; int64_t bias_row;
   T* out; int64_t out_row;
+  const T* gate; int64_t gate_row;  // gate == nullptr: no gating
   int64_t nk, nk16;
   Scratch* sc;
   const T* v = nullptr; int64_t v_row = 0;  // values, where a path reads them in place
@@ -259,9 +238,11 @@ struct Bf16Task : TaskBase<at::BFloat16> {
     }
     for (int r = 0; r < R; ++r) {
       const __m512 scale = _mm512_set1_ps(inv_sum[r]);
-      for (int u = 0; u < kVecs; ++u)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (i0 + r) * out_row + u * 16),
-                            (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][u], scale)));
+      for (int u = 0; u < kVecs; ++u) {
+        __m512 o = _mm512_mul_ps(acc[r][u], scale);
+        if (gate != nullptr) o = _mm512_mul_ps(o, sigmoid(load_bf16(gate + (i0 + r) * gate_row + u * 16)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (i0 + r) * out_row + u * 16), (__m256i)_mm512_cvtneps_pbh(o));
+      }
     }
   }
 };
@@ -338,7 +319,11 @@ struct Fp32Task : TaskBase<float> {
     }
     for (int r = 0; r < R; ++r) {
       const __m512 scale = _mm512_set1_ps(inv_sum[r]);
-      for (int u = 0; u < kVecs; ++u) _mm512_storeu_ps(out + (i0 + r) * out_row + u * 16, _mm512_mul_ps(acc[r][u], scale));
+      for (int u = 0; u < kVecs; ++u) {
+        __m512 o = _mm512_mul_ps(acc[r][u], scale);
+        if (gate != nullptr) o = _mm512_mul_ps(o, sigmoid(_mm512_loadu_ps(gate + (i0 + r) * gate_row + u * 16)));
+        _mm512_storeu_ps(out + (i0 + r) * out_row + u * 16, o);
+      }
     }
   }
 };
@@ -348,24 +333,6 @@ struct Fp32Task : TaskBase<float> {
 // 8 lanes and 16 vector registers, so 4 query rows at a time. Keys packed
 // transposed, [D][nk16]; values read in place, half a head (16 channels) per
 // pass so that the accumulators stay in registers.
-
-AF2CPU_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // keeps 2^n a normal number below
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 5040);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
 
 AF2CPU_AVX2 inline float hmax_avx2(__m256 x) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
@@ -464,8 +431,13 @@ struct Avx2Task : TaskBase<float> {
       }
       for (int r = 0; r < R; ++r) {
         const __m256 scale = _mm256_set1_ps(inv_sum[r]);
-        _mm256_storeu_ps(out + (i0 + r) * out_row + h0, _mm256_mul_ps(acc[r][0], scale));
-        _mm256_storeu_ps(out + (i0 + r) * out_row + h0 + 8, _mm256_mul_ps(acc[r][1], scale));
+        __m256 o0 = _mm256_mul_ps(acc[r][0], scale), o1 = _mm256_mul_ps(acc[r][1], scale);
+        if (gate != nullptr) {
+          o0 = _mm256_mul_ps(o0, sigmoid_avx2(_mm256_loadu_ps(gate + (i0 + r) * gate_row + h0)));
+          o1 = _mm256_mul_ps(o1, sigmoid_avx2(_mm256_loadu_ps(gate + (i0 + r) * gate_row + h0 + 8)));
+        }
+        _mm256_storeu_ps(out + (i0 + r) * out_row + h0, o0);
+        _mm256_storeu_ps(out + (i0 + r) * out_row + h0 + 8, o1);
       }
     }
   }
@@ -474,7 +446,8 @@ struct Avx2Task : TaskBase<float> {
 // ------------------------------------------------------------- dispatch ----
 
 template <typename Task, typename T>
-void run_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias, at::Tensor& out) {
+void run_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+             const c10::optional<at::Tensor>& gate, at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), nq = q.size(2), nk = k.size(2);
   const int64_t threads = at::get_num_threads();
   constexpr int kGroup = Task::kMaxRows;
@@ -490,6 +463,7 @@ void run_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
   const T* vp = v.data_ptr<T>();
   const T* bp = bias.data_ptr<T>();
   T* op = out.data_ptr<T>();
+  const T* gp = gate ? gate->data_ptr<T>() : nullptr;
   at::parallel_for(0, B * H * splits, 1, [&](int64_t begin, int64_t end) {
     Scratch sc;
     for (int64_t t = begin; t < end; ++t) {
@@ -499,6 +473,8 @@ void run_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
       static_cast<TaskBase<T>&>(task) = {qp + b * q.stride(0) + h * q.stride(1) + i0 * q.stride(2), q.stride(2),
                                           bp + b * bias.stride(0) + h * bias.stride(1) + i0 * bias.stride(2), bias.stride(2),
                                           op + b * out.stride(0) + h * out.stride(1) + i0 * out.stride(2), out.stride(2),
+                                          gp ? gp + b * gate->stride(0) + h * gate->stride(1) + i0 * gate->stride(2) : nullptr,
+                                          gp ? gate->stride(2) : 0,
                                           nk, (nk + 15) / 16 * 16, &sc};
       task.pack(kp + b * k.stride(0) + h * k.stride(1), k.stride(2), vp + b * v.stride(0) + h * v.stride(1), v.stride(2));
       for_row_groups<kGroup>(n, task);
@@ -508,21 +484,23 @@ void run_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
 
 template <int D>
 void run_for_head_size(bool bf16, bool avx512, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                       const at::Tensor& bias, at::Tensor& out) {
+                       const at::Tensor& bias, const c10::optional<at::Tensor>& gate, at::Tensor& out) {
   if (bf16) {
-    run_all<Bf16Task<D>, at::BFloat16>(q, k, v, bias, out);
+    run_all<Bf16Task<D>, at::BFloat16>(q, k, v, bias, gate, out);
   } else if (avx512) {
-    run_all<Fp32Task<D>, float>(q, k, v, bias, out);
+    run_all<Fp32Task<D>, float>(q, k, v, bias, gate, out);
   } else {
-    run_all<Avx2Task<D>, float>(q, k, v, bias, out);
+    run_all<Avx2Task<D>, float>(q, k, v, bias, gate, out);
   }
 }
 
 // q, k, v [B, H, L, D] with unit stride along D (views of a projection are
 // fine); bias [B|1, H|1, Lq|1, Lk] in q's dtype, unit stride along Lk, any
 // other strides (expanded broadcasts cost nothing). Returns [B, H, Lq, D]
-// whose memory is [B, Lq, H, D], as PyTorch's kernel returns it.
-at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias) {
+// whose memory is [B, Lq, H, D], as PyTorch's kernel returns it. With a
+// gate [B, H, Lq, D] (q's dtype, unit stride along D), that times sigmoid(gate).
+at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                            const c10::optional<at::Tensor>& gate) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && bias.dim() == 4, "q, k, v, bias must be 4-D");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type() &&
                   q.scalar_type() == bias.scalar_type(), "q, k, v and bias must share a dtype");
@@ -532,6 +510,12 @@ at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(k.size(0) == B && v.size(0) == B && k.size(1) == H && v.size(1) == H && v.size(2) == nk &&
                   k.size(3) == D && v.size(3) == D, "q, k, v shapes disagree");
   TORCH_CHECK(nk > 0, "no keys");
+  if (gate) {
+    TORCH_CHECK(gate->scalar_type() == q.scalar_type() && gate->dim() == 4 && gate->stride(3) == 1,
+                "gate must be 4-D in q's dtype with unit stride in the last dimension");
+    TORCH_CHECK(gate->size(0) == B && gate->size(1) == H && gate->size(2) == nq && gate->size(3) == D,
+                "gate must be shaped like the output");
+  }
   const at::Tensor b = bias.expand({B, H, nq, nk});
   at::Tensor out = at::empty({B, nq, H, D}, q.options()).transpose(1, 2);
   if (nq == 0) return out;
@@ -542,9 +526,9 @@ at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::
               bf16 ? "bf16 kernel needs (AVX-512 with avx512_bf16)" : "fp32 kernel needs (AVX2 and FMA)");
   TORCH_CHECK(D == 32 || D == 16, "head size ", D, " not supported (16 or 32)");
   if (D == 32) {
-    run_for_head_size<32>(bf16, avx512, q, k, v, b, out);
+    run_for_head_size<32>(bf16, avx512, q, k, v, b, gate, out);
   } else {
-    run_for_head_size<16>(bf16, avx512, q, k, v, b, out);
+    run_for_head_size<16>(bf16, avx512, q, k, v, b, gate, out);
   }
   return out;
 }
@@ -552,5 +536,5 @@ at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::
 }  // namespace
 }  // namespace af2cpu
 
-TORCH_LIBRARY(af2cpu, m) { m.def("biased_attention(Tensor q, Tensor k, Tensor v, Tensor bias) -> Tensor"); }
+TORCH_LIBRARY(af2cpu, m) { m.def("biased_attention(Tensor q, Tensor k, Tensor v, Tensor bias, Tensor? gate=None) -> Tensor"); }
 TORCH_LIBRARY_IMPL(af2cpu, CPU, m) { m.impl("biased_attention", &af2cpu::biased_attention); }

@@ -1,0 +1,87 @@
+// Vector math shared by the kernels: e^x for x <= 0, sigmoid, bf16 loads.
+// Each function carries its instruction set's target attribute
+// (cpu_features.h); callers check the CPU first.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu_features.h"
+
+namespace af2cpu {
+namespace {
+
+// ------------------------------------------------------------- AVX-512 ----
+
+// e^x for x <= 0 (in attention: a logit minus its row's max): 2^n * p(r) with
+// r = x - n ln2 in [-ln2/2, ln2/2] and p a Taylor polynomial. Degree 7 is
+// ~1 ulp (fp32); degree 5 (relative error 3e-6) is for weights that are
+// rounded to bf16 (8 bits) anyway.
+template <int Degree>
+AF2CPU_AVX512 inline __m512 exp_nonpositive(__m512 x) {
+  static_assert(Degree == 5 || Degree == 7);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));  // e^-87 ~ 1.6e-38: no weight, and no inf - inf below
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p;
+  if constexpr (Degree == 7) {
+    p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  } else {
+    p = _mm512_set1_ps(1.0f / 120);
+  }
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// sigmoid(x) = 1 / (1 + e^-x), from e^-|x| (a non-positive exponent):
+// 1 / (1 + z) for x >= 0 and z / (1 + z) below. About 2 ulp in fp32.
+AF2CPU_AVX512 inline __m512 sigmoid(__m512 x) {
+  const __m512 z = exp_nonpositive<7>(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+  const __m512 s = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), z));
+  return _mm512_mask_mul_ps(s, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), s, z);
+}
+
+AF2CPU_AVX512 inline __m512 load_bf16(const at::BFloat16* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+// ---------------------------------------------------------------- AVX2 ----
+
+AF2CPU_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // keeps 2^n a normal number below
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+AF2CPU_AVX2 inline __m256 sigmoid_avx2(__m256 x) {  // as sigmoid() above
+  const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+  const __m256 z = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_setzero_ps(), ax));
+  const __m256 s = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), z));
+  return _mm256_blendv_ps(s, _mm256_mul_ps(s, z), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
+
+}  // namespace
+}  // namespace af2cpu
