@@ -53,8 +53,16 @@ _COUNTERS = {
     "aten._scaled_dot_product_attention_math": _sdpa,
     # Under inference_mode the dispatch mode sees SDPA whole, not the flash kernel it decomposes into.
     "aten.scaled_dot_product_attention": _sdpa,
-    "af2cpu.biased_attention": _sdpa,  # the engine's own kernel (af2cpu_plugin/kernels): same products
+    "af2cpu.biased_attention": lambda a: _sdpa([_unpadded(t) for t in a[:3]]),  # the engine's own kernel
 }
+
+
+def _unpadded(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without the zero channels the native kernel's wrapper pads small heads with (8 -> 16): not the model's work."""
+    used = t.shape[-1]
+    while used > 1 and not bool(t[..., used // 2 : used].any()):
+        used //= 2
+    return t[..., :used]
 
 
 class MatmulFlops(TorchDispatchMode):

@@ -219,16 +219,16 @@ def test_gated_rows_matches_the_three_passes(dtype, with_mask, rows, positions):
 
 @pytest.mark.skipif(not BF16_OK, reason="no avx512_bf16")
 def test_add_into_adds_a_bf16_update_exactly():
-    """fp32 stream += bf16 update (strided: a transposed update) is the same as adding its fp32 copy."""
+    """fp32 stream += bf16 update (strided: transposed views of either) is the same as adding its fp32 copy."""
     from af2cpu_plugin.engine import primitives
 
-    acc = torch.randn(9, 7, 128)
-    update = torch.randn(7, 9, 128).to(torch.bfloat16).transpose(0, 1)
-    expected = acc + update.float()
-    with RuntimePolicy(kernels="native").active():
-        out = primitives.residual_add_(acc, update)
-    assert out is acc
-    torch.testing.assert_close(acc, expected, rtol=0, atol=0)
+    for acc in (torch.randn(9, 7, 128), torch.randn(7, 9, 128).transpose(0, 1)):
+        update = torch.randn(7, 9, 128).to(torch.bfloat16).transpose(0, 1)
+        expected = acc + update.float()
+        with RuntimePolicy(kernels="native").active():
+            out = primitives.residual_add_(acc, update)
+        assert out is acc
+        torch.testing.assert_close(acc, expected, rtol=0, atol=0)
 
 
 def test_matmul_2d_matches_matmul():

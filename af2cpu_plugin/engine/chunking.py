@@ -8,11 +8,12 @@ runtime policy decides the slice size.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from .policy import current_policy
+from .primitives import residual_add_
 
 
 def subbatched(
@@ -21,6 +22,7 @@ def subbatched(
     shared: Sequence[torch.Tensor] = (),
     dim: int = 0,
     temp_row_bytes: int = 0,
+    add_into: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Apply ``fn(*batched, *shared)`` in slices of ``batched`` along ``dim``.
 
@@ -30,19 +32,30 @@ def subbatched(
     widest temporary ``fn`` makes per row, for modules whose temporaries dwarf
     their inputs (the outer product mean); it counts against 4x the policy's
     ``slice_bytes``.
+
+    With ``add_into`` (a residual stream shaped like the result), each slice's
+    result is added into that slice of it instead, and ``add_into`` is
+    returned: the update is never concatenated (a copy of the whole result),
+    and each slice is added while it is still in cache. ``fn`` may read the
+    slice of ``add_into`` it is given (a module's own input): its result is
+    complete before it is added. Slices must be independent, as they are
+    for every module that slices.
     """
     size = max(t.shape[dim] for t in batched)
     chunk = _rows_per_slice(batched, dim, size, temp_row_bytes)
     if chunk is None or chunk >= size:
-        return fn(*batched, *shared)
+        out = fn(*batched, *shared)
+        return out if add_into is None else residual_add_(add_into, out)
     outputs = []
     for start in range(0, size, chunk):
-        sliced = [
-            t if t.shape[dim] == 1 else t.narrow(dim, start, min(chunk, size - start))
-            for t in batched
-        ]
-        outputs.append(fn(*sliced, *shared))
-    return torch.cat(outputs, dim=dim)
+        length = min(chunk, size - start)
+        sliced = [t if t.shape[dim] == 1 else t.narrow(dim, start, length) for t in batched]
+        out = fn(*sliced, *shared)
+        if add_into is None:
+            outputs.append(out)
+        else:
+            residual_add_(add_into.narrow(dim, start, length), out)
+    return add_into if add_into is not None else torch.cat(outputs, dim=dim)
 
 
 def _rows_per_slice(batched: Sequence[torch.Tensor], dim: int, size: int, temp_row_bytes: int) -> int:

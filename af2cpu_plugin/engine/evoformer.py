@@ -16,7 +16,6 @@ from torch import nn
 from .msa_attention import MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias
 from .outer_product_mean import OuterProductMean
 from .params import LayerStack
-from .primitives import residual_add_
 from .transition import Transition
 from .triangle_attention import TriangleAttention
 from .triangle_multiplication import TriangleMultiplication
@@ -59,24 +58,26 @@ class EvoformerIteration(nn.Module):
         self, msa: torch.Tensor, pair: torch.Tensor, msa_mask: torch.Tensor, pair_mask: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """msa [S, R, c_m], pair [R, R, c_z], msa_mask [S, R], pair_mask [R, R] -> (msa, pair)."""
-        # The first update of each representation makes a new tensor (the
-        # inputs belong to the caller); later ones add in place, which saves
-        # an [R, R, c_z] allocation and pass per update (inference only).
+        # Each line is ``act = act + module(act)`` (a dropout_wrapper at
+        # inference). The first update of each representation makes a new
+        # tensor (the inputs belong to the caller); the others are
+        # ``add_update_``: in place, slice by slice as the module computes
+        # them, so no whole update tensor is ever made (inference only).
         if self.outer_product_mean_first:
             pair = pair + self.outer_product_mean(msa, msa_mask)
-        msa = msa + self.msa_row_attention_with_pair_bias(msa, msa_mask, pair)
+        msa = self.msa_row_attention_with_pair_bias.add_update_(msa.clone(), msa_mask, pair)
         if self.is_extra_msa:
-            residual_add_(msa, self.msa_column_global_attention(msa, msa_mask))
+            self.msa_column_global_attention.add_update_(msa, msa_mask)
         else:
-            residual_add_(msa, self.msa_column_attention(msa, msa_mask))
-        residual_add_(msa, self.msa_transition(msa, msa_mask))
+            self.msa_column_attention.add_update_(msa, msa_mask)
+        self.msa_transition.add_update_(msa, msa_mask)
         if not self.outer_product_mean_first:
             pair = pair + self.outer_product_mean(msa, msa_mask)
-        residual_add_(pair, self.triangle_multiplication_outgoing(pair, pair_mask))
-        residual_add_(pair, self.triangle_multiplication_incoming(pair, pair_mask))
-        residual_add_(pair, self.triangle_attention_starting_node(pair, pair_mask))
-        residual_add_(pair, self.triangle_attention_ending_node(pair, pair_mask))
-        residual_add_(pair, self.pair_transition(pair, pair_mask))
+        self.triangle_multiplication_outgoing.add_update_(pair, pair_mask)
+        self.triangle_multiplication_incoming.add_update_(pair, pair_mask)
+        self.triangle_attention_starting_node.add_update_(pair, pair_mask)
+        self.triangle_attention_ending_node.add_update_(pair, pair_mask)
+        self.pair_transition.add_update_(pair, pair_mask)
         return msa, pair
 
 

@@ -26,13 +26,20 @@ class MSARowAttentionWithPairBias(nn.Module):
 
     def forward(self, msa_act: torch.Tensor, msa_mask: torch.Tensor, pair_act: torch.Tensor) -> torch.Tensor:
         """msa_act [S, R, c_m], msa_mask [S, R], pair_act [R, R, c_z] -> update [S, R, c_m]."""
+        return self._update(msa_act, msa_mask, pair_act, into=None)
+
+    def add_update_(self, msa_act: torch.Tensor, msa_mask: torch.Tensor, pair_act: torch.Tensor) -> torch.Tensor:
+        """``msa_act += self(msa_act, msa_mask, pair_act)`` (a residual update), slice by slice."""
+        return self._update(msa_act, msa_mask, pair_act, into=msa_act)
+
+    def _update(self, msa_act, msa_mask, pair_act, into):
         bias = mask_to_bias(msa_mask)[:, None, None, :]
-        msa_act = self.query_norm(msa_act)
-        pair_act = self.feat_2d_norm(pair_act)
-        nonbatched_bias = pair_bias(self, pair_act, self.feat_2d_weights)
-        return subbatched(
-            lambda x, b, nb: self.attention(x, x, b, nb), [msa_act, bias], [nonbatched_bias]
-        )
+        nonbatched_bias = pair_bias(self, self.feat_2d_norm(pair_act), self.feat_2d_weights)
+        return subbatched(self._attend, [msa_act, bias], [nonbatched_bias], add_into=into)
+
+    def _attend(self, msa_act, bias, nonbatched_bias):
+        x = self.query_norm(msa_act)  # per slice: LayerNorm is per row
+        return self.attention(x, x, bias, nonbatched_bias)
 
 
 class MSAColumnAttention(nn.Module):
@@ -46,12 +53,22 @@ class MSAColumnAttention(nn.Module):
 
     def forward(self, msa_act: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
         """msa_act [S, R, c_m], msa_mask [S, R] -> update [S, R, c_m]."""
-        msa_act = msa_act.transpose(0, 1)
-        msa_mask = msa_mask.transpose(0, 1)
-        bias = mask_to_bias(msa_mask)[:, None, None, :]
-        msa_act = self.query_norm(msa_act)
-        out = subbatched(lambda x, b: self.attention(x, x, b), [msa_act, bias])
+        return self._update(msa_act, msa_mask, into=None)
+
+    def add_update_(self, msa_act: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
+        """``msa_act += self(msa_act, msa_mask)`` (a residual update), slice by slice."""
+        return self._update(msa_act, msa_mask, into=msa_act)
+
+    def _update(self, msa_act, msa_mask, into):
+        # Columns attend: work on the transposed views (the update is added back through one).
+        bias = mask_to_bias(msa_mask.transpose(0, 1))[:, None, None, :]
+        out = subbatched(self._attend, [msa_act.transpose(0, 1), bias],
+                         add_into=None if into is None else into.transpose(0, 1))
         return out.transpose(0, 1)
+
+    def _attend(self, msa_act, bias):
+        x = self.query_norm(msa_act)  # per slice: LayerNorm is per row
+        return self.attention(x, x, bias)
 
 
 class MSAColumnGlobalAttention(nn.Module):
@@ -67,9 +84,18 @@ class MSAColumnGlobalAttention(nn.Module):
 
     def forward(self, msa_act: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
         """msa_act [S, R, c_m], msa_mask [S, R] -> update [S, R, c_m]."""
-        msa_act = msa_act.transpose(0, 1)
-        msa_mask = msa_mask.transpose(0, 1)
-        msa_act = self.query_norm(msa_act)
-        q_mask = msa_mask.to(msa_act.dtype)[..., None]
-        out = subbatched(lambda x, m: self.attention(x, x, m), [msa_act, q_mask])
+        return self._update(msa_act, msa_mask, into=None)
+
+    def add_update_(self, msa_act: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
+        """``msa_act += self(msa_act, msa_mask)`` (a residual update), slice by slice."""
+        return self._update(msa_act, msa_mask, into=msa_act)
+
+    def _update(self, msa_act, msa_mask, into):
+        q_mask = msa_mask.transpose(0, 1).to(msa_act.dtype)[..., None]
+        out = subbatched(self._attend, [msa_act.transpose(0, 1), q_mask],
+                         add_into=None if into is None else into.transpose(0, 1))
         return out.transpose(0, 1)
+
+    def _attend(self, msa_act, q_mask):
+        x = self.query_norm(msa_act)  # per slice: LayerNorm is per row
+        return self.attention(x, x, q_mask.to(x.dtype))

@@ -16,7 +16,7 @@ from torch import nn
 from .chunking import subbatched
 from .embeddings import distogram_one_hot
 from .params import LayerStack, Scopeless
-from .primitives import Attention, LayerNorm, Linear, mask_to_bias, residual_add_
+from .primitives import Attention, LayerNorm, Linear, mask_to_bias
 from .template_features import _one_hot, backbone_unit_vectors, template_single_features
 from .transition import Transition
 from .triangle_attention import TriangleAttention
@@ -44,11 +44,12 @@ class TemplatePairBlock(nn.Module):
 
     def forward(self, pair: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """pair [R, R, c_t], pair_mask [R, R] -> pair."""
-        pair = pair + self.triangle_attention_starting_node(pair, pair_mask)
-        residual_add_(pair, self.triangle_attention_ending_node(pair, pair_mask))
-        residual_add_(pair, self.triangle_multiplication_outgoing(pair, pair_mask))
-        residual_add_(pair, self.triangle_multiplication_incoming(pair, pair_mask))
-        residual_add_(pair, self.pair_transition(pair, pair_mask))
+        # pair = pair + module(pair) per line; the caller's tensor is not updated in place.
+        pair = self.triangle_attention_starting_node.add_update_(pair.clone(), pair_mask)
+        self.triangle_attention_ending_node.add_update_(pair, pair_mask)
+        self.triangle_multiplication_outgoing.add_update_(pair, pair_mask)
+        self.triangle_multiplication_incoming.add_update_(pair, pair_mask)
+        self.pair_transition.add_update_(pair, pair_mask)
         return pair
 
 

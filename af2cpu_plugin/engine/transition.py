@@ -31,7 +31,8 @@ class Transition(nn.Module):
         self.transition2 = Linear(num_intermediate, num_channel)
 
     def _mlp(self, act: torch.Tensor) -> torch.Tensor:
-        return self.transition2(self.transition1.forward_relu(act))
+        # LayerNorm per slice (it is per row): no whole normalized copy of the input is made.
+        return self.transition2(self.transition1.forward_relu(self.input_layer_norm(act)))
 
     def forward(self, act: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """act [b, n, c] -> update [b, n, c].
@@ -40,5 +41,9 @@ class Transition(nn.Module):
         does not use it (padded positions are handled downstream).
         """
         del mask
-        act = self.input_layer_norm(act)
         return subbatched(self._mlp, [act])
+
+    def add_update_(self, act: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``act += self(act, mask)`` (a residual update), slice by slice."""
+        del mask
+        return subbatched(self._mlp, [act], add_into=act)

@@ -26,15 +26,19 @@ class TriangleAttention(nn.Module):
 
     def forward(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """pair_act [R, R, c_z], pair_mask [R, R] -> update [R, R, c_z]."""
-        if self.per_column:
-            pair_act = pair_act.transpose(0, 1)
-            pair_mask = pair_mask.transpose(0, 1)
+        return self._update(pair_act, pair_mask, into=None)
+
+    def add_update_(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        """``pair_act += self(pair_act, pair_mask)`` (a residual update), slice by slice."""
+        return self._update(pair_act, pair_mask, into=pair_act)
+
+    def _update(self, pair_act, pair_mask, into):
+        if self.per_column:  # attend along columns: work on the transposed views
+            pair_act, pair_mask = pair_act.transpose(0, 1), pair_mask.transpose(0, 1)
+            into = None if into is None else into.transpose(0, 1)
         bias = mask_to_bias(pair_mask)[:, None, None, :]
         pair_act = self.query_norm(pair_act)
         nonbatched_bias = pair_bias(self, pair_act, self.feat_2d_weights)
-        out = subbatched(
-            lambda x, b, nb: self.attention(x, x, b, nb), [pair_act, bias], [nonbatched_bias]
-        )
-        if self.per_column:
-            out = out.transpose(0, 1)
-        return out
+        out = subbatched(lambda x, b, nb: self.attention(x, x, b, nb), [pair_act, bias], [nonbatched_bias],
+                         add_into=into)
+        return out.transpose(0, 1) if self.per_column else out

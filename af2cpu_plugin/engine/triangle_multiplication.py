@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .primitives import LayerNorm, Linear, derived, gated_rows_, linear_2d
+from .primitives import LayerNorm, Linear, derived, gated_rows_, linear_2d, residual_add_
 
 _OUTGOING = "ikc,jkc->ijc"
 _INCOMING = "kjc,kic->ijc"
@@ -51,6 +51,10 @@ class TriangleMultiplication(nn.Module):
 
         lin_p, lin_g = self.projection, self.gate
         return derived(self, f"proj_gate@{dtype}", build, lin_p.weights, lin_p.bias, lin_g.weights, lin_g.bias)
+
+    def add_update_(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        """``pair_act += self(pair_act, pair_mask)`` (a residual update)."""
+        return residual_add_(pair_act, self(pair_act, pair_mask))
 
     def forward(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """pair_act [R, R, c_z], pair_mask [R, R] -> update [R, R, c_z]."""

@@ -164,9 +164,9 @@ def gated_rows_(x: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor
 
 
 def can_add_into(acc: torch.Tensor, update: torch.Tensor) -> bool:
-    """Whether :func:`add_into_` takes these: fp32 ``acc`` (contiguous) and a bf16 ``update`` of its shape."""
+    """Whether :func:`add_into_` takes these: fp32 ``acc`` and a bf16 ``update`` of its shape, 3-D, unit stride last."""
     return (acc.dtype == torch.float32 and update.dtype == torch.bfloat16 and acc.dim() == 3
-            and acc.shape == update.shape and acc.is_contiguous() and update.stride(-1) == 1
+            and acc.shape == update.shape and acc.stride(-1) == 1 and update.stride(-1) == 1
             and acc.shape[-1] % 16 == 0 and cpu_supports(torch.bfloat16) and status()[0])
 
 

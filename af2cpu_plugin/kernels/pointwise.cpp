@@ -120,21 +120,21 @@ AF2CPU_AVX512 void add_row(float* acc, const at::BFloat16* update, int64_t C) {
     _mm512_storeu_ps(acc + c, _mm512_add_ps(_mm512_loadu_ps(acc + c), load_bf16(update + c)));
 }
 
-// acc [A, B, C] fp32 contiguous += update [A, B, C] bf16 with unit stride along C
-// (any strides along A and B: a transposed update is added without a copy).
+// acc [A, B, C] fp32 += update [A, B, C] bf16, both with unit stride along C
+// (any strides along A and B: transposed views are added without a copy).
 at::Tensor add_into_(at::Tensor acc, const at::Tensor& update) {
   TORCH_CHECK(acc.dim() == 3 && acc.sizes() == update.sizes(), "acc and update must be 3-D and the same shape");
   TORCH_CHECK(acc.scalar_type() == at::kFloat && update.scalar_type() == at::kBFloat16,
               "acc must be float32 and update bfloat16");
-  TORCH_CHECK(acc.is_contiguous() && update.stride(2) == 1 && acc.size(2) % 16 == 0,
-              "acc must be contiguous, update unit-stride along a last dimension that is a multiple of 16");
+  TORCH_CHECK(acc.stride(2) == 1 && update.stride(2) == 1 && acc.size(2) % 16 == 0,
+              "acc and update need unit stride along a last dimension that is a multiple of 16");
   TORCH_CHECK(has_avx512(), "add_into_ needs AVX-512");
   const int64_t A = acc.size(0), B = acc.size(1), C = acc.size(2);
-  const int64_t s0 = update.stride(0), s1 = update.stride(1);
+  const int64_t s0 = update.stride(0), s1 = update.stride(1), a0 = acc.stride(0), a1 = acc.stride(1);
   float* ap = acc.data_ptr<float>();
   const at::BFloat16* up = update.data_ptr<at::BFloat16>();
   at::parallel_for(0, A * B, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) add_row(ap + t * C, up + (t / B) * s0 + (t % B) * s1, C);
+    for (int64_t t = begin; t < end; ++t) add_row(ap + (t / B) * a0 + (t % B) * a1, up + (t / B) * s0 + (t % B) * s1, C);
   });
   return acc;
 }
