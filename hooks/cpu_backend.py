@@ -122,7 +122,7 @@ def af2cpu_add_options(parser, backend_names):
         "--kernels",
         choices=("auto", "native", "stock", "ipex"),
         default="auto",
-        help="Kernels of the cpu engine: 'native' (its own attention and LayerNorm kernels, AVX-512 or AVX2, "
+        help="Kernels of the cpu engine: 'native' (its own attention, LayerNorm and fused elementwise kernels, AVX-512 or AVX2, "
         "built once per machine, with PyTorch's oneDNN GEMMs), 'stock' (PyTorch's kernels only), or 'ipex' (intel-extension-for-pytorch, "
         "opt-in: its own venv, scripts/setup-ipex.sh). 'auto' (default): ipex when it is importable and matches "
         "torch, else native where this CPU and a compiler allow it, else stock. config.json records the "

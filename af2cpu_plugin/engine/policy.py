@@ -43,10 +43,10 @@ class RuntimePolicy:
         temporaries (about 4x its input: the fused q, k, v and gate
         projections) under that. None runs each module on the whole tensor.
       threads: intra-op threads for torch; None leaves torch's setting alone.
-      kernels: "native" (the default: the engine's own attention and
-        LayerNorm kernels, :mod:`af2cpu_plugin.kernels`, where the CPU and
-        the shapes allow them, PyTorch's kernels for everything else), "stock" (PyTorch's kernels
-        only: oneDNN GEMMs, SDPA) or "ipex" (GEMMs through
+      kernels: "native" (the default: the engine's own attention,
+        LayerNorm and fused elementwise kernels, :mod:`af2cpu_plugin.kernels`,
+        where the CPU and the shapes allow them, PyTorch's kernels for
+        everything else), "stock" (PyTorch's kernels only: oneDNN GEMMs, SDPA) or "ipex" (GEMMs through
         intel-extension-for-pytorch, opt-in, in its own venv: see
         :mod:`af2cpu_plugin.ipex`).
     """
