@@ -91,7 +91,7 @@ class MSAColumnGlobalAttention(nn.Module):
         return self._update(msa_act, msa_mask, into=msa_act)
 
     def _update(self, msa_act, msa_mask, into):
-        q_mask = msa_mask.transpose(0, 1).to(msa_act.dtype)[..., None]
+        q_mask = msa_mask.transpose(0, 1)[..., None]  # in the compute dtype per slice, in _attend
         out = subbatched(self._attend, [msa_act.transpose(0, 1), q_mask],
                          add_into=None if into is None else into.transpose(0, 1))
         return out.transpose(0, 1)

@@ -41,7 +41,9 @@ _LDFLAGS = ("-fopenmp",)
 # /proc/cpuinfo flags of the kernel's paths (biased_attention.cpp picks one at run time).
 _AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
 _AVX2 = ("avx2", "fma")
-HEAD_SIZES = (16, 32)  # the kernel's own; smaller heads (the extra MSA's 8) are zero-padded to 16
+# Head sizes the attention wrapper takes -> the size the kernel runs them at
+# (its own are 16 and 32; the extra MSA's 8-wide heads are zero-padded to 16).
+_RUN_AT = {8: 16, 16: 16, 32: 32}
 
 
 def kernels_dir() -> Path:
@@ -109,7 +111,7 @@ def can_attend(q: torch.Tensor, k: torch.Tensor) -> bool:
     and 8 (the extra MSA's row attention, padded to 16), fp32 or bf16, and at
     least 16 keys: below that the packing costs more than it saves.
     """
-    return ((q.shape[-1] in HEAD_SIZES or q.shape[-1] == 8) and k.shape[-2] >= 16 and q.dtype in (torch.float32, torch.bfloat16)
+    return (q.shape[-1] in _RUN_AT and k.shape[-2] >= 16 and q.dtype in (torch.float32, torch.bfloat16)
             and cpu_supports(q.dtype) and status()[0])
 
 
@@ -126,8 +128,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     if bias.stride(-1) != 1:
         bias = bias.contiguous()
     head_size = q.shape[-1]
-    if head_size not in HEAD_SIZES:  # zero channels add nothing to q·k, and give zero outputs
-        pad = HEAD_SIZES[0] - head_size
+    pad = _RUN_AT.get(head_size, head_size) - head_size
+    if pad:  # zero channels add nothing to q·k, and give zero outputs
         q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
         gate = None if gate is None else torch.nn.functional.pad(gate, (0, pad))
         return _ops().biased_attention(q, k, v, bias, gate)[..., :head_size]

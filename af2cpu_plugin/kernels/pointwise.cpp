@@ -40,16 +40,15 @@ AF2CPU_AVX512_BF16 void gated_block(at::BFloat16* x, int64_t n, int64_t P, const
     if (mask != nullptr) y = _mm512_mul_ps(y, _mm512_loadu_ps(mask + p));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(proj + p), (__m256i)_mm512_cvtneps_pbh(y));
   }
-  for (; p < p1; ++p) {  // tail: through a padded vector, the same arithmetic
+  if (p < p1) {  // tail (< 16): through a padded vector, the same arithmetic
     alignas(64) at::BFloat16 a[16] = {}, g[16] = {};
     alignas(64) float m[16] = {};
-    const int64_t left = std::min<int64_t>(16, p1 - p);
+    const int64_t left = p1 - p;
     for (int64_t i = 0; i < left; ++i) a[i] = proj[p + i], g[i] = gate[p + i], m[i] = mask ? mask[p + i] : 1.0f;
     const __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_add_ps(load_bf16(a), bp), sigmoid(_mm512_add_ps(load_bf16(g), bg))),
                                    _mm512_loadu_ps(m));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(a), (__m256i)_mm512_cvtneps_pbh(y));
     for (int64_t i = 0; i < left; ++i) proj[p + i] = a[i];
-    p += left - 1;
   }
 }
 
@@ -66,16 +65,15 @@ AF2CPU_AVX2 void gated_block(float* x, int64_t n, int64_t P, const float* bias, 
     if (mask != nullptr) y = _mm256_mul_ps(y, _mm256_loadu_ps(mask + p));
     _mm256_storeu_ps(proj + p, y);
   }
-  for (; p < p1; ++p) {
+  if (p < p1) {  // tail (< 8), as above
     alignas(32) float a[8] = {}, g[8] = {}, m[8] = {};
-    const int64_t left = std::min<int64_t>(8, p1 - p);
+    const int64_t left = p1 - p;
     for (int64_t i = 0; i < left; ++i) a[i] = proj[p + i], g[i] = gate[p + i], m[i] = mask ? mask[p + i] : 1.0f;
     const __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_load_ps(a), bp),
                                                  sigmoid_avx2(_mm256_add_ps(_mm256_load_ps(g), bg))),
                                    _mm256_load_ps(m));
     _mm256_store_ps(a, y);
     for (int64_t i = 0; i < left; ++i) proj[p + i] = a[i];
-    p += left - 1;
   }
 }
 
