@@ -239,6 +239,20 @@ def test_matmul_2d_matches_matmul():
     torch.testing.assert_close(matmul_2d(a, b), a @ b, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("k_block", [0, 64])
+@pytest.mark.parametrize("inference", [True, False])
+def test_channel_bmm_matches_bmm(k_block, inference):
+    """A channel's GEMM per thread, on row-major and transposed (incoming) operands, blocked or not,
+    in and outside inference mode (the workers take the caller's mode)."""
+    gen = torch.Generator().manual_seed(5)
+    left, right = torch.randn(6, 150, 150, generator=gen), torch.randn(6, 150, 150, generator=gen)
+    with torch.inference_mode(inference):
+        for a, b in ((left, right), (right.transpose(1, 2), left.transpose(1, 2))):
+            out = kernels.channel_bmm_nt(a, b, k_block)
+            torch.testing.assert_close(out, torch.bmm(a, b.transpose(1, 2)), rtol=1e-5, atol=1e-4)
+    assert not kernels.can_channel_bmm(left.bfloat16())  # bf16 stays on torch.bmm
+
+
 @pytest.mark.parametrize("equation", ["ikc,jkc->ijc", "kjc,kic->ijc"])
 def test_triangle_multiplication_native_agrees_with_stock(equation):
     """The fused gate pass and the sigmoid in the GEMM's epilogue change nothing beyond rounding."""

@@ -15,15 +15,24 @@ from .primitives import LayerNorm, Linear, derived, empty_param, linear_2d, matm
 NORM_EPSILON = 1e-3
 
 
-def _sum_over_sequences(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b``, a contraction over the MSA's sequences (5,120 of them in the extra MSA stack).
+def _sum_over_sequences(left_t: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left_t [r_i, S, c], right [S, R, c] -> [r_i*R, c*c]: ``sum_s left[s,i,a] * right[s,j,b]`` at row (i, j),
+    column (a, b), the layout the output projection takes.
 
-    bf16 takes oneDNN's GEMM (about twice MKL's speed here). fp32 keeps
-    ``torch.matmul`` (MKL): oneDNN's summation order over that long axis, fed
-    back through recycling, moved the deep-MSA parity case (bench/parity.py)
-    from 0.09 to 0.35 Å after 3 recycles, 4x JAX's own 1-ulp floor.
+    A contraction over the MSA's sequences (5,120 of them in the extra MSA
+    stack): one GEMM, whose [r_i*c, R*c] result is permuted. With one sequence
+    (single-sequence mode) there is nothing to sum: each entry is one product,
+    written straight into the projection's layout by a broadcast multiply
+    (the same values to the bit, without the GEMM's rank-1 pass and the
+    permuting copy).
     """
-    return torch.matmul(a, b) if a.dtype == torch.float32 else matmul_2d(a, b)
+    ri, s, c = left_t.shape
+    r = right.shape[1]
+    if s == 1:
+        return (left_t[:, 0, None, :, None] * right[0, None, :, None, :]).reshape(ri * r, c * c)
+    # [r_i*c, S] @ [S, R*c]; in fp32 matmul_2d sums the sequences in blocks (MKL's accuracy, twice its speed).
+    outer = matmul_2d(left_t.transpose(1, 2).reshape(ri * c, s), right.reshape(s, r * c))
+    return outer.reshape(ri, c, r, c).permute(0, 2, 1, 3).reshape(ri * r, c * c)
 
 
 class OuterProductMean(nn.Module):
@@ -55,12 +64,8 @@ class OuterProductMean(nn.Module):
 
     def _chunk(self, left_t: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """left_t [r_i, S, c] (rows i of the left act), right [S, R, c] -> [r_i, R, c_z], bias added."""
-        ri, s, c = left_t.shape
-        r = right.shape[1]
-        # [r_i*c, S] @ [S, R*c] -> sum over sequences of left[s,i,a]*right[s,j,b]
-        outer = _sum_over_sequences(left_t.transpose(1, 2).reshape(ri * c, s), right.reshape(s, r * c))
-        outer = outer.reshape(ri, c, r, c).permute(0, 2, 1, 3).reshape(ri * r, c * c)
-        return linear_2d(outer, *self._w_flat(outer.dtype)).reshape(ri, r, -1)
+        outer = _sum_over_sequences(left_t, right)
+        return linear_2d(outer, *self._w_flat(outer.dtype)).reshape(left_t.shape[0], right.shape[1], -1)
 
     def _w_flat(self, dtype: torch.dtype):
         """output_w as [c_z, c*c] and the bias in ``dtype``, for linear_2d."""
@@ -85,9 +90,11 @@ class OuterProductMean(nn.Module):
     def forward(self, msa_act: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
         """msa_act [S, R, c_m], msa_mask [S, R] -> update [R, R, c_z]."""
         act = self.layer_norm_input(msa_act)
-        mask = msa_mask.to(act.dtype)[..., None]  # [S, R, 1]
-        left = mask * self.left_projection(act)
-        right = mask * self.right_projection(act)
+        left = self.left_projection(act)
+        right = self.right_projection(act)
+        if not bool(msa_mask.all()):  # padding rows or residues (a deep MSA has none: x * 1 is x)
+            mask = msa_mask.to(act.dtype)[..., None]  # [S, R, 1]
+            left, right = left.mul_(mask), right.mul_(mask)
         s, r, c = right.shape
         cz = self.output_b.shape[0]
         fewer_flops = s * c * cz < c * c * cz + s * c * c  # S < 43 at AF2's widths

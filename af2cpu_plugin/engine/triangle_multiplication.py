@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .primitives import LayerNorm, Linear, derived, gated_rows_, linear_2d, residual_add_
+from .primitives import LayerNorm, Linear, channel_products, derived, gated_rows_, linear_2d, residual_add_
 
 _OUTGOING = "ikc,jkc->ijc"
 _INCOMING = "kjc,kic->ijc"
@@ -75,10 +75,10 @@ class TriangleMultiplication(nn.Module):
         right = proj[ci:].reshape(ci, n0, n1)
         if self.outgoing:
             # out[c, i, j] = sum_k left[c, i, k] * right[c, j, k]
-            tri = torch.bmm(left, right.transpose(1, 2))
+            tri = channel_products(left, right)
         else:
             # out[c, i, j] = sum_k left[c, k, j] * right[c, k, i]
-            tri = torch.bmm(right.transpose(1, 2), left)
+            tri = channel_products(right.transpose(1, 2), left.transpose(1, 2))
         del proj_gate, proj, left, right
 
         out = self.center_norm(tri.permute(1, 2, 0))

@@ -7,7 +7,9 @@ at run time), faster than PyTorch's CPU flash attention on the same inputs
 (``layer_norm.cpp``), the bf16 trunk's one-pass replacement for layer_norm
 followed by a cast; and memory-bound passes fused into one
 (``pointwise.cpp``: the triangle multiplication's bias, mask and sigmoid gate;
-the bf16 trunk's residual update into its fp32 stream). C++ with intrinsics, compiled
+the bf16 trunk's residual update into its fp32 stream); and the triangle
+multiplication's fp32 products as one oneDNN GEMM per channel per thread
+(``channel_bmm.cpp``). C++ with intrinsics, compiled
 once per machine with torch's extension builder (g++ and ninja) into
 ``$AF2CPU_KERNELS_DIR`` (default ``~/.cache/af2cpu-plugin/kernels``), keyed by
 the source, torch version and compiler flags, under a file lock so that
@@ -32,7 +34,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 KERNELS_DIR_ENV = "AF2CPU_KERNELS_DIR"
-_SOURCES = tuple(Path(__file__).with_name(name) for name in ("biased_attention.cpp", "layer_norm.cpp", "pointwise.cpp"))
+_SOURCES = tuple(Path(__file__).with_name(name) for name in (
+    "biased_attention.cpp", "layer_norm.cpp", "pointwise.cpp", "channel_bmm.cpp"))
 _HEADERS = tuple(Path(__file__).with_name(name) for name in ("cpu_features.h", "vec_math.h"))  # part of the build key, not compiled alone
 # -fopenmp makes at::parallel_for parallel; the library then links libgomp.so.1,
 # which resolves to the copy torch has already loaded (one OpenMP runtime).
@@ -175,6 +178,19 @@ def can_add_into(acc: torch.Tensor, update: torch.Tensor) -> bool:
 def add_into_(acc: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     """``acc += update`` for an fp32 stream and a bf16 update, without an fp32 copy of the update."""
     return _ops().add_into_(acc, update)
+
+
+def can_channel_bmm(a: torch.Tensor) -> bool:
+    """Whether :func:`channel_bmm_nt` serves ``a``: fp32 (in bf16 ``torch.bmm`` is oneDNN's already, and faster)."""
+    return a.dtype == torch.float32 and a.dim() == 3 and cpu_supports(torch.float32) and status()[0]
+
+
+def channel_bmm_nt(a: torch.Tensor, b: torch.Tensor, k_block: int = 0) -> torch.Tensor:
+    """``a @ b.transpose(1, 2)`` for a [C, M, K], b [C, N, K] (any strides): a channel's oneDNN GEMM per thread.
+
+    ``k_block > 0`` sums the inner axis in blocks of that many, in order.
+    """
+    return _ops().channel_bmm_nt(a, b, k_block)
 
 
 def _ops():
