@@ -6,11 +6,12 @@
 // and oneDNN splitting one channel's product over both threads is little
 // faster. Here each thread runs whole channels through oneDNN's GEMM
 // (mkldnn::_linear_pointwise, called inside the parallel region, so it runs
-// single-threaded). Measured on a Zen 5, 2 threads, 128 channels: 175 -> 246
-// GFLOP/s at 130 residues, 183 -> 263 at 177, 217 -> 267 at 400 (outgoing;
-// the incoming form's transposed operands are copied per channel: 172 -> 249
-// at 400). With k_block > 0 the inner axis is summed in blocks of that many,
-// partial products added in order (MKL's accuracy; see primitives.FP32_K_BLOCK).
+// single-threaded). bench/products.py, Zen 5, 2 threads, 128 channels:
+// 170 -> 389 GFLOP/s at 400 residues, 173 -> 261 at 177 (outgoing); the
+// incoming form's transposed operands are copied per channel: 175 -> 240 at
+// 400, about even at 130. With k_block > 0 the inner axis is summed in blocks
+// of that many, partial products added in order (MKL's accuracy; see
+// primitives.FP32_K_BLOCK).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
