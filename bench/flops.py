@@ -37,6 +37,15 @@ def _linear_pointwise_binary(args):
     return 2 * _numel(x.shape[:-1]) * w.shape[0] * w.shape[1]
 
 
+def _matmul(args):
+    # Under inference mode the dispatch mode sees torch.matmul itself, not the mm/bmm it becomes.
+    x, y = args[0], args[1]
+    m = x.shape[-2] if x.dim() > 1 else 1
+    n = y.shape[-1] if y.dim() > 1 else 1
+    batch = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2]) if x.dim() > 2 or y.dim() > 2 else ()
+    return 2 * _numel(batch) * m * n * x.shape[-1]
+
+
 def _sdpa(args):
     q, k, v = args[:3]
     return 2 * _numel(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
@@ -45,6 +54,7 @@ def _sdpa(args):
 _COUNTERS = {
     "mkldnn._linear_pointwise.default": _linear_pointwise,
     "mkldnn._linear_pointwise.binary": _linear_pointwise_binary,
+    "aten.matmul": _matmul,
     "aten.mm": lambda a: 2 * a[0].shape[0] * a[0].shape[1] * a[1].shape[1],
     "aten.addmm": lambda a: 2 * a[1].shape[0] * a[1].shape[1] * a[2].shape[1],
     "aten.bmm": lambda a: 2 * _numel(a[0].shape) * a[1].shape[-1],
@@ -53,6 +63,7 @@ _COUNTERS = {
     "aten._scaled_dot_product_attention_math": _sdpa,
     # Under inference_mode the dispatch mode sees SDPA whole, not the flash kernel it decomposes into.
     "aten.scaled_dot_product_attention": _sdpa,
+    "af2cpu.channel_bmm_nt": lambda a: 2 * _numel(a[0].shape) * a[1].shape[1],  # the triangle products, fp32
     "af2cpu.biased_attention": lambda a: _sdpa([_unpadded(t) for t in a[:3]]),  # the engine's own kernel
 }
 
