@@ -253,6 +253,12 @@ def test_channel_bmm_matches_bmm(k_block, inference):
     assert not kernels.can_channel_bmm(left.bfloat16())  # bf16 stays on torch.bmm
 
 
+def test_channel_bmm_is_not_used_on_avx2(monkeypatch):
+    """With oneDNN held to AVX2 the per-channel GEMMs lost to MKL's bmm: AVX2-only CPUs keep torch.bmm."""
+    monkeypatch.setenv("AF2CPU_FORCE_AVX2", "1")
+    assert not kernels.can_channel_bmm(torch.zeros(2, 3, 3))
+
+
 @pytest.mark.parametrize("equation", ["ikc,jkc->ijc", "kjc,kic->ijc"])
 def test_triangle_multiplication_native_agrees_with_stock(equation):
     """The fused gate pass and the sigmoid in the GEMM's epilogue change nothing beyond rounding."""

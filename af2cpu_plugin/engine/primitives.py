@@ -101,11 +101,12 @@ def matmul_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def channel_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.transpose(1, 2)`` for a [C, M, K] and b [C, N, K] (any strides): a GEMM per channel.
 
-    fp32 runs on the native kernel where it can (each thread runs whole
+    fp32 on an AVX-512 CPU runs on the native kernel (each thread runs whole
     channels through oneDNN; a long inner axis is summed in blocks of
     :data:`FP32_K_BLOCK`, as :func:`matmul_2d` does). ``bench/products.py`` on a
     Zen 5: 2.3x ``torch.bmm`` (MKL) at 400 residues, 1.5x at 177 (incoming:
-    1.4x, 1.2x; about even at 130). bf16 stays on ``torch.bmm``, which is
+    1.4x, 1.2x; about even at 130); with oneDNN held to AVX2 it lost to MKL,
+    so AVX2-only CPUs keep ``torch.bmm``. bf16 stays on ``torch.bmm``, which is
     oneDNN's already and faster there than one channel per thread.
     """
     if current_policy().kernels == "native" and kernels.can_channel_bmm(a):

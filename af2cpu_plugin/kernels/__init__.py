@@ -181,8 +181,18 @@ def add_into_(acc: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
 
 
 def can_channel_bmm(a: torch.Tensor) -> bool:
-    """Whether :func:`channel_bmm_nt` serves ``a``: fp32 (in bf16 ``torch.bmm`` is oneDNN's already, and faster)."""
-    return a.dtype == torch.float32 and a.dim() == 3 and cpu_supports(torch.float32) and status()[0]
+    """Whether :func:`channel_bmm_nt` serves ``a``: fp32 on an AVX-512 CPU.
+
+    In bf16 ``torch.bmm`` is oneDNN's already, and faster. On a Zen 5 a
+    channel's oneDNN GEMM per thread is 1.5-2.3x ``torch.bmm`` (MKL) at 177-400
+    residues; with oneDNN held to AVX2 on the same CPU (``ONEDNN_MAX_CPU_ISA=AVX2``,
+    a stand-in until a Zen 3 is measured) it was 0.66-1.05x, so AVX2-only CPUs
+    (and ``AF2CPU_FORCE_AVX2=1``) keep ``torch.bmm``.
+    """
+    from af2cpu_plugin.cpu import cpu_info
+
+    avx512 = all(f in cpu_info().flags for f in _AVX512) and os.environ.get("AF2CPU_FORCE_AVX2") != "1"
+    return a.dtype == torch.float32 and a.dim() == 3 and avx512 and status()[0]
 
 
 def channel_bmm_nt(a: torch.Tensor, b: torch.Tensor, k_block: int = 0) -> torch.Tensor:
