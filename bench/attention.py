@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,16 +30,6 @@ SHAPES = {
 }
 
 
-def _time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
@@ -50,13 +38,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attention.json")
     a = ap.parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))[: a.threads]
-    os.sched_setaffinity(0, cpus)
     sys.path.insert(0, str(ROOT))
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(len(cpus))
+    from bench.timing import median_seconds, pin
+
+    cpus = pin(a.threads)
     from af2cpu_plugin import kernels
     from af2cpu_plugin.cpu import cpu_info
     from bench.flops import gemm_peak
@@ -82,8 +70,8 @@ def main(argv=None) -> int:
             gen = torch.Generator().manual_seed(0)
             q, k, v = (torch.randn(b, n, h, d, generator=gen).to(dtype).transpose(1, 2) for n in (nq, nk, nk))
             bias = torch.randn(1, h, nq, nk, generator=gen).to(dtype)
-            sdpa = _time(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0), a.repeats)
-            native = _time(lambda: kernels.biased_attention(q, k, v, bias), a.repeats)
+            sdpa = median_seconds(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0), a.repeats)
+            native = median_seconds(lambda: kernels.biased_attention(q, k, v, bias), a.repeats)
             gflops = 4 * b * h * nq * nk * d / native / 1e9
             rows.append({"shape": name, "dims": [b, h, nq, nk, d], "precision": prec, "sdpa_s": sdpa,
                          "native_s": native, "speedup": sdpa / native, "native_gflops": gflops, "gemm_peak": peak})

@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,29 +38,18 @@ SHAPES = {
 }
 
 
-def _time(fn, seconds: float = 0.6) -> float:
-    fn()
-    times = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 3:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "products.json")
     a = ap.parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))[: a.threads]
-    os.sched_setaffinity(0, cpus)
     sys.path.insert(0, str(ROOT))
     import torch
 
-    torch.set_num_threads(len(cpus))
+    from bench.timing import median_seconds, pin
+
+    cpus = pin(a.threads)
     from af2cpu_plugin import kernels
     from af2cpu_plugin.cpu import cpu_info
     from af2cpu_plugin.engine.policy import RuntimePolicy
@@ -101,7 +88,7 @@ def main(argv=None) -> int:
             }
         for engine, fn in engines.items():
             with torch.inference_mode(), RuntimePolicy(kernels="native").active():
-                seconds = _time(fn)
+                seconds = median_seconds(fn, repeats=3, min_seconds=0.6)
                 out = fn().double()
             err = (out - (ref_in if "incoming" in engine else ref)).abs()
             rate = flops / seconds / 1e9

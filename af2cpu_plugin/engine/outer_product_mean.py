@@ -94,7 +94,8 @@ class OuterProductMean(nn.Module):
         right = self.right_projection(act)
         if not bool(msa_mask.all()):  # padding rows or residues (a deep MSA has none: x * 1 is x)
             mask = msa_mask.to(act.dtype)[..., None]  # [S, R, 1]
-            left, right = left.mul_(mask), right.mul_(mask)
+            left.mul_(mask)
+            right.mul_(mask)
         s, r, c = right.shape
         cz = self.output_b.shape[0]
         fewer_flops = s * c * cz < c * c * cz + s * c * c  # S < 43 at AF2's widths

@@ -53,11 +53,11 @@ at::Tensor channel_bmm_nt(const at::Tensor& a, const at::Tensor& b, int64_t k_bl
     c10::InferenceMode guard(inference);
     for (int64_t c = begin; c < end; ++c) {
       const at::Tensor ac = a[c].contiguous(), bc = b[c].contiguous();
-      at::Tensor acc = gemm_nt(kb == K ? ac : ac.narrow(1, 0, kb).contiguous(),
-                               kb == K ? bc : bc.narrow(1, 0, kb).contiguous());
-      for (int64_t k0 = kb; k0 < K; k0 += kb) {
+      at::Tensor acc;
+      for (int64_t k0 = 0; k0 < K; k0 += kb) {  // one pass when kb == K (a whole-width narrow is no copy)
         const int64_t len = std::min(kb, K - k0);
-        acc.add_(gemm_nt(ac.narrow(1, k0, len).contiguous(), bc.narrow(1, k0, len).contiguous()));
+        at::Tensor part = gemm_nt(ac.narrow(1, k0, len).contiguous(), bc.narrow(1, k0, len).contiguous());
+        acc = acc.defined() ? acc.add_(part) : part;
       }
       out[c].copy_(acc);
     }
