@@ -137,3 +137,45 @@ def test_outer_products_over_sequences():
             gemm = (left_t.transpose(1, 2).reshape(20, 1) @ right.reshape(1, 28)).reshape(5, 4, 7, 4)
             assert torch.equal(ours, gemm.permute(0, 2, 1, 3).reshape(35, 16))
         torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-4)
+
+
+def _mapping_rss_kib(path) -> int:
+    """This process's resident KiB of the mappings of ``path`` (/proc/self/smaps)."""
+    rss, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if "-" in line.split(" ", 1)[0]:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                rss += int(line.split()[1])
+    return rss
+
+
+def test_weights_mapped_from_safetensors_leave_rss_once_derived(tmp_path):
+    """A Linear bound from a memory-mapped safetensors file: deriving its kernel layout hands the
+    original's pages back (weight_pages), and the layer still computes the same, before and after."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        import pytest
+
+        pytest.skip("/proc/self/smaps and MADV_PAGEOUT are Linux's")
+    from safetensors.torch import load_file, save_file
+
+    from af2cpu_plugin.engine.policy import RuntimePolicy
+
+    lin = Linear(512, 1024)
+    path = tmp_path / "w.safetensors"
+    save_file({"weights": torch.randn(512, 1024), "bias": torch.randn(1024)}, str(path))
+    flat = load_file(str(path))
+    bind_params(lin, {"linear": flat}, root="linear")
+    x = torch.randn(3, 512)
+    expected = x @ flat["weights"] + flat["bias"]  # touches every page of the original
+    before = _mapping_rss_kib(path)
+    assert before >= 2048 - 8  # the 2 MiB weight is resident
+    with RuntimePolicy(precision="fp32").active():
+        y = lin(x)  # derives [out, in], then advises the original's pages away
+        after = _mapping_rss_kib(path)
+        assert after < before - 1024, (before, after)
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(lin.weights, flat["weights"], rtol=0, atol=0)  # re-read from the page cache

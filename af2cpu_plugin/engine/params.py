@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import weight_pages
 from .primitives import clear_derived
 
 ROOT_SCOPE = "alphafold/alphafold_iteration"
@@ -135,6 +136,7 @@ def bind_params(model: nn.Module, params: Mapping, root: str = ROOT_SCOPE) -> No
                 value = value[i]
             getattr(owner, attr).data = value.contiguous()
     clear_derived(model)  # layouts derived from the old values (primitives.derived)
+    weight_pages.forget_mappings()  # the new values may be mapped from another file
 
 
 def subset(params: Mapping, prefix: str) -> Optional[Dict[str, object]]:

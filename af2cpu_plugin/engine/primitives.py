@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import kernels
+from . import weight_pages
 from .policy import compute_dtype, current_policy
 
 # AF2's additive mask value and its logit clip (alphafold.model.half_precision),
@@ -151,6 +152,8 @@ def derived(module: nn.Module, name: str, build: Callable[..., object], *sources
     the entry keeps the old storage alive, so that address cannot be reused
     while it is cached) or changed in place (its version counter moved).
     :func:`.params.bind_params` also drops every cache, to free the memory.
+    Sources mapped from the safetensors cache then leave RSS
+    (:mod:`.weight_pages`): the weights are held once, in the kernel's layout.
     """
     cache = module.__dict__.setdefault("_derived_cache", {})
     stamp = tuple((p.data_ptr(), _version(p)) for p in sources)
@@ -160,6 +163,7 @@ def derived(module: nn.Module, name: str, build: Callable[..., object], *sources
     with torch.no_grad():
         value = build(*(p.detach() for p in sources))
     cache[name] = (stamp, tuple(p.detach() for p in sources), value)
+    weight_pages.release(sources, value)
     return value
 
 

@@ -9,7 +9,8 @@ followed by a cast; and memory-bound passes fused into one
 (``pointwise.cpp``: the triangle multiplication's bias, mask and sigmoid gate;
 the bf16 trunk's residual update into its fp32 stream); and the triangle
 multiplication's fp32 products as one oneDNN GEMM per channel per thread
-(``channel_bmm.cpp``). C++ with intrinsics, compiled
+(``channel_bmm.cpp``); and a caching allocator for torch's large CPU blocks
+(``block_cache.cpp``, installed by :mod:`af2cpu_plugin.malloc`). C++ with intrinsics, compiled
 once per machine with torch's extension builder (g++ and ninja) into
 ``$AF2CPU_KERNELS_DIR`` (default ``~/.cache/af2cpu-plugin/kernels``), keyed by
 the source, torch version and compiler flags, under a file lock so that
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 KERNELS_DIR_ENV = "AF2CPU_KERNELS_DIR"
 _SOURCES = tuple(Path(__file__).with_name(name) for name in (
-    "biased_attention.cpp", "layer_norm.cpp", "pointwise.cpp", "channel_bmm.cpp"))
+    "biased_attention.cpp", "layer_norm.cpp", "pointwise.cpp", "channel_bmm.cpp", "block_cache.cpp"))
 _HEADERS = tuple(Path(__file__).with_name(name) for name in ("cpu_features.h", "vec_math.h"))  # part of the build key, not compiled alone
 # -fopenmp makes at::parallel_for parallel; the library then links libgomp.so.1,
 # which resolves to the copy torch has already loaded (one OpenMP runtime).
@@ -201,6 +202,27 @@ def channel_bmm_nt(a: torch.Tensor, b: torch.Tensor, k_block: int = 0) -> torch.
     ``k_block > 0`` sums the inner axis in blocks of that many, in order.
     """
     return _ops().channel_bmm_nt(a, b, k_block)
+
+
+def install_block_cache(huge_pages: bool) -> bool:
+    """Make ``block_cache.cpp`` torch's CPU allocator for this process (blocks of 1 MiB and more).
+
+    ``huge_pages`` asks for transparent huge pages on its blocks. True when
+    installed (again: a later call only updates ``huge_pages``); False when the
+    kernels cannot build here, and torch keeps malloc.
+    """
+    if not status()[0]:
+        return False
+    torch.ops.af2cpu.block_cache_install(huge_pages)
+    return True
+
+
+def block_cache_stats() -> dict:
+    """The cache's bytes (live, peak live, cached, peak mapped) and its hits and misses so far."""
+    if not status()[0]:
+        return {}
+    keys = ("live_bytes", "peak_live_bytes", "cached_bytes", "peak_mapped_bytes", "hits", "misses")
+    return dict(zip(keys, torch.ops.af2cpu.block_cache_stats()))
 
 
 def _ops():
