@@ -124,18 +124,40 @@ def test_avx2_path_matches_sdpa():
 
 
 @pytest.mark.skipif(not BF16_OK, reason="no avx512_bf16")
-@pytest.mark.parametrize("shape", [(7, 5, 128), (3, 256), (1, 64), (0, 128)])
+@pytest.mark.parametrize("shape", [(7, 5, 128), (3, 256), (1, 64), (0, 128), "transposed"])
 def test_layer_norm_to_bf16_matches_layer_norm_then_cast(shape):
     gen = torch.Generator().manual_seed(len(shape))
-    x = torch.randn(*shape, generator=gen) * 3 + 1
+    if shape == "transposed":  # the ending-node triangle attention's view of the pair, read in place
+        x = (torch.randn(9, 6, 128, generator=gen) * 3 + 1).transpose(0, 1)
+        shape = tuple(x.shape)
+    else:
+        x = torch.randn(*shape, generator=gen) * 3 + 1
     w = torch.randn(shape[-1], generator=gen)
     b = torch.randn(shape[-1], generator=gen)
     ours = kernels.layer_norm_to_bf16(x, w, b, 1e-5)
     ref = F.layer_norm(x.double(), (shape[-1],), w.double(), b.double(), 1e-5)
     stock = F.layer_norm(x, (shape[-1],), w, b, 1e-5).to(torch.bfloat16)
-    assert ours.dtype == torch.bfloat16 and ours.shape == x.shape
+    assert ours.dtype == torch.bfloat16 and ours.shape == x.shape and ours.is_contiguous()
     if x.numel():
         # the same bf16 rounding of (almost) the same fp32 value: at most one bf16 ulp apart from the stock path
+        assert (ours.double() - ref).abs().max() <= (stock.double() - ref).abs().max() * 1.01 + 1e-6
+        assert ((ours.float() - stock.float()).abs() <= stock.float().abs() * 2 ** -7 + 1e-6).all()
+
+
+@pytest.mark.skipif(not BF16_OK, reason="no avx512_bf16")
+@pytest.mark.parametrize("shape", [(128, 37, 41), (16, 16), (32, 5), (128, 0)])
+def test_layer_norm_channel_major_matches_the_permuted_layer_norm(shape):
+    """Channel-major bf16 in, [..., C] out: the stock permute + layer_norm + cast, to one bf16 ulp; position tails."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(*shape, generator=gen) * 3 + 1).to(torch.bfloat16)
+    w = torch.randn(shape[0], generator=gen)
+    b = torch.randn(shape[0], generator=gen)
+    ours = kernels.layer_norm_channel_major_to_bf16(x, w, b, 1e-5)
+    moved = x.movedim(0, -1)
+    stock = F.layer_norm(moved.float(), (shape[0],), w, b, 1e-5).to(torch.bfloat16)
+    ref = F.layer_norm(moved.double(), (shape[0],), w.double(), b.double(), 1e-5)
+    assert ours.dtype == torch.bfloat16 and ours.shape == moved.shape
+    if x.numel():
         assert (ours.double() - ref).abs().max() <= (stock.double() - ref).abs().max() * 1.01 + 1e-6
         assert ((ours.float() - stock.float()).abs() <= stock.float().abs() * 2 ** -7 + 1e-6).all()
 
@@ -259,12 +281,18 @@ def test_channel_bmm_is_not_used_on_avx2(monkeypatch):
     assert not kernels.can_channel_bmm(torch.zeros(2, 3, 3))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("equation", ["ikc,jkc->ijc", "kjc,kic->ijc"])
-def test_triangle_multiplication_native_agrees_with_stock(equation):
-    """The fused gate pass and the sigmoid in the GEMM's epilogue change nothing beyond rounding."""
+def test_triangle_multiplication_native_agrees_with_stock(equation, precision, monkeypatch):
+    """The fused gate pass, the sigmoid in the GEMM's epilogue and (bf16) the channel-major centre LayerNorm
+    change nothing beyond rounding."""
     import ml_collections
 
+    from af2cpu_plugin.engine.policy import trunk_precision
     from af2cpu_plugin.engine.triangle_multiplication import TriangleMultiplication
+
+    if precision == "bf16" and not BF16_OK:
+        pytest.skip("no avx512_bf16")
 
     config = ml_collections.ConfigDict({"equation": equation, "num_intermediate_channel": 32,
                                         "fuse_projection_weights": True})
@@ -276,12 +304,18 @@ def test_triangle_multiplication_native_agrees_with_stock(equation):
     pair = torch.randn(23, 23, 32)
     mask = torch.ones(23, 23)
     mask[20:] = 0
+    calls = []
+    channel_major = kernels.layer_norm_channel_major_to_bf16
+    monkeypatch.setattr(kernels, "layer_norm_channel_major_to_bf16", lambda *a: calls.append(1) or channel_major(*a))
     with torch.inference_mode():
-        with RuntimePolicy(kernels="native").active():
-            native = tri(pair, mask)
-        with RuntimePolicy(kernels="stock").active():
-            stock = tri(pair, mask)
-    torch.testing.assert_close(native, stock, rtol=1e-5, atol=1e-5)
+        with RuntimePolicy(kernels="native", precision=precision).active(), trunk_precision():
+            native = tri(pair, mask).float()
+    assert len(calls) == (precision == "bf16")
+    with torch.inference_mode():
+        with RuntimePolicy(kernels="stock", precision=precision).active(), trunk_precision():
+            stock = tri(pair, mask).float()
+    tol = 1e-5 if precision == "fp32" else 3e-2  # bf16: a few ulps of 2^-8 where roundings differ
+    torch.testing.assert_close(native, stock, rtol=tol, atol=tol)
 
 
 _BLOCK_CACHE_SCRIPT = r"""

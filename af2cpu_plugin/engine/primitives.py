@@ -282,6 +282,18 @@ class LayerNorm(nn.Module):
         y = nn.functional.layer_norm(x, (self.num_channel,), self.scale, self.offset, self.eps)
         return y.to(dtype)
 
+    def forward_channel_major(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(x.movedim(0, -1))`` for channel-major ``x`` [C, ...]: the result is [..., C].
+
+        The native kernel normalises bf16 input in place of the permuted copy
+        (the triangle multiplication's products, in bf16); fp32 keeps
+        PyTorch's LayerNorm on the copy, the parity reference.
+        """
+        if compute_dtype() == torch.bfloat16 and current_policy().kernels == "native":
+            if kernels.can_layer_norm_channel_major(x):
+                return kernels.layer_norm_channel_major_to_bf16(x, self.scale, self.offset, self.eps)
+        return self(x.movedim(0, -1))
+
 
 class Attention(nn.Module):
     """Gated multi-head attention (modules.Attention).

@@ -81,6 +81,6 @@ class TriangleMultiplication(nn.Module):
             tri = channel_products(right.transpose(1, 2), left.transpose(1, 2))
         del proj_gate, proj, left, right
 
-        out = self.center_norm(tri.permute(1, 2, 0))
+        out = self.center_norm.forward_channel_major(tri)  # [c, i, j] -> normalised [i, j, c]
         gate_out = self.gating_linear.forward_sigmoid(act)
         return self.output_projection.forward_mul(out, gate_out).reshape(n0, n1, cz)

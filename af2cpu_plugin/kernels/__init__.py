@@ -5,7 +5,8 @@ Biased, optionally gated, multi-head attention for AlphaFold's head sizes
 at run time), faster than PyTorch's CPU flash attention on the same inputs
 (``bench/attention.py``); LayerNorm from fp32 rows straight to bf16
 (``layer_norm.cpp``), the bf16 trunk's one-pass replacement for layer_norm
-followed by a cast; and memory-bound passes fused into one
+followed by a cast, and from channel-major bf16 (the triangle
+multiplication's centre LayerNorm, without the permuted copy); and memory-bound passes fused into one
 (``pointwise.cpp``: the triangle multiplication's bias, mask and sigmoid gate;
 the bf16 trunk's residual update into its fp32 stream); and the triangle
 multiplication's fp32 products as one oneDNN GEMM per channel per thread
@@ -149,8 +150,29 @@ def can_layer_norm_to_bf16(x: torch.Tensor) -> bool:
 
 
 def layer_norm_to_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm over the last axis of fp32 ``x`` (fp32 statistics), returned in bf16, in one pass."""
-    return _ops().layer_norm_to_bf16(x.contiguous(), weight, bias, eps)
+    """LayerNorm over the last axis of fp32 ``x`` (fp32 statistics), returned in bf16 (contiguous), in one pass.
+
+    A 3-D ``x`` with unit stride along the channels (a transposed pair) is
+    read where it lies; anything else is made contiguous first.
+    """
+    return _ops().layer_norm_to_bf16(x, weight, bias, eps)
+
+
+def can_layer_norm_channel_major(x: torch.Tensor) -> bool:
+    """Whether :func:`layer_norm_channel_major_to_bf16` takes ``x``: contiguous bf16 [C, ...], C a multiple of 16."""
+    return (x.dtype == torch.bfloat16 and x.dim() >= 2 and x.is_contiguous() and x.shape[0] % 16 == 0
+            and cpu_supports(torch.bfloat16) and status()[0])
+
+
+def layer_norm_channel_major_to_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                                     eps: float) -> torch.Tensor:
+    """LayerNorm over axis 0 of channel-major bf16 ``x`` [C, ...] (fp32 statistics): [..., C] in bf16.
+
+    ``x.movedim(0, -1)`` normalised, without making that permuted copy first.
+    """
+    rest = x.shape[1:]
+    y = _ops().layer_norm_channel_major_to_bf16(x.reshape(x.shape[0], -1), weight, bias, eps)
+    return y.view(*rest, x.shape[0])
 
 
 def can_gate_rows(x: torch.Tensor) -> bool:

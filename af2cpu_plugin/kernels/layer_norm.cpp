@@ -17,17 +17,25 @@
 
 #include "cpu_features.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 namespace af2cpu {
 namespace {
 
-AF2CPU_AVX512_BF16 void normalize_rows(const float* x, const float* w, const float* b, at::BFloat16* y, int64_t rows,
-                                       int64_t c, float eps) {
+// Rows r in [begin, end) of a [n0, n1, C] view with strides (s0, s1, 1), written
+// to a contiguous [n0 * n1, C] y: a transposed view (the triangle attention
+// around the ending node works on pair.transpose(0, 1)) is normalised without
+// first making it contiguous, an fp32 copy of the whole pair.
+AF2CPU_AVX512_BF16 void normalize_rows(const float* x, int64_t s0, int64_t s1, int64_t n1, const float* w,
+                                       const float* b, at::BFloat16* y, int64_t begin, int64_t end, int64_t c,
+                                       float eps) {
   const float inv_c = 1.0f / float(c);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * c;
+  for (int64_t r = begin; r < end; ++r) {
+    const float* xr = x + (r / n1) * s0 + (r % n1) * s1;
     __m512 sum = _mm512_setzero_ps();
     for (int64_t j = 0; j < c; j += 16) sum = _mm512_add_ps(sum, _mm512_loadu_ps(xr + j));
     const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) * inv_c);
@@ -45,23 +53,135 @@ AF2CPU_AVX512_BF16 void normalize_rows(const float* x, const float* w, const flo
   }
 }
 
-// x [..., C] fp32, contiguous; weight, bias [C] fp32; C a multiple of 16.
-// Returns LayerNorm(x) in bf16, same shape.
-at::Tensor layer_norm_to_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+// x [..., C] fp32: contiguous, or 3-D with unit stride along C (any strides
+// before it); weight, bias [C] fp32; C a multiple of 16. Returns LayerNorm(x)
+// in bf16, same shape, contiguous.
+at::Tensor layer_norm_to_bf16(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, double eps) {
   TORCH_CHECK(has_avx512_bf16(), "layer_norm_to_bf16 needs AVX-512 with avx512_bf16");
-  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat,
-              "x, weight and bias must be float32");
-  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous() && bias.is_contiguous(), "inputs must be contiguous");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
+                  bias.scalar_type() == at::kFloat, "x, weight and bias must be float32");
+  TORCH_CHECK(weight.is_contiguous() && bias.is_contiguous(), "weight and bias must be contiguous");
+  const bool strided = x_in.dim() == 3 && x_in.stride(2) == 1;
+  const at::Tensor x = strided ? x_in : x_in.contiguous();
   const int64_t c = x.size(-1);
   TORCH_CHECK(c % 16 == 0 && weight.numel() == c && bias.numel() == c, "channels must be a multiple of 16");
   at::Tensor y = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
   const int64_t rows = c == 0 ? 0 : x.numel() / c;
+  if (rows == 0) return y;
+  // Contiguous input is one run of rows: n1 = rows, s1 = C.
+  const int64_t n1 = strided ? x.size(1) : rows;
+  const int64_t s0 = strided ? x.stride(0) : 0;
+  const int64_t s1 = strided ? x.stride(1) : c;
   const float* xp = x.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
   at::BFloat16* yp = y.data_ptr<at::BFloat16>();
   at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
-    normalize_rows(xp + begin * c, wp, bp, yp + begin * c, end - begin, c, float(eps));
+    normalize_rows(xp, s0, s1, n1, wp, bp, yp, begin, end, c, float(eps));
+  });
+  return y;
+}
+
+// ------------------------------------------------ channel-major input ----
+// The triangle multiplication's products come out channel-major, [C, P] (one
+// GEMM per channel), and its centre LayerNorm normalises over C for each of
+// the P = N*N positions, writing [P, C] for the output projection. PyTorch
+// needs the permuted copy first, then the LayerNorm (at 400 residues in bf16,
+// 2.1 s a pass). Here 16 positions are one vector: the statistics read the
+// channel rows (mean, then the centred variance, fp32), and each 16 x 16
+// block of normalised values is transposed in registers and written
+// position-major, in bf16.
+
+AF2CPU_AVX512 inline __m512 load_bf16_masked(const at::BFloat16* p, __mmask16 m) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// r[k] (16 lanes) -> r[k] holding lane k of every input, in order (a 16 x 16 transpose).
+AF2CPU_AVX512 inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(u[8 * i + j], u[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(u[8 * i + j], u[8 * i + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+  }
+}
+
+// Positions per tile: 64 bf16 are two cache lines of each channel row. The rows
+// are P * 2 bytes apart, a multiple of 4 KiB whenever P is a multiple of 2048
+// (a 64-residue pair and up): read in place, all of a tile's rows would fall in
+// one L1 (and L2) set. So each tile is first copied to a contiguous buffer.
+constexpr int64_t kTile = 64;
+
+AF2CPU_AVX512_BF16 void normalize_columns(const at::BFloat16* x, int64_t p_total, int64_t c, const float* w,
+                                          const float* b, at::BFloat16* y, int64_t p0, int64_t p1, float eps,
+                                          at::BFloat16* buf) {
+  const float inv_c = 1.0f / float(c);
+  for (; p0 < p1; p0 += kTile) {
+    const int64_t width = std::min<int64_t>(kTile, p1 - p0);
+    for (int64_t k = 0; k < c; ++k) std::memcpy(buf + k * kTile, x + k * p_total + p0, width * sizeof(at::BFloat16));
+    for (int64_t q0 = 0; q0 < width; q0 += 16) {
+      const int64_t n = std::min<int64_t>(16, width - q0);
+      const __mmask16 m = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      const at::BFloat16* col = buf + q0;
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t k = 0; k < c; ++k) sum = _mm512_add_ps(sum, load_bf16_masked(col + k * kTile, m));
+      const __m512 mean = _mm512_mul_ps(sum, _mm512_set1_ps(inv_c));
+      __m512 sq = _mm512_setzero_ps();
+      for (int64_t k = 0; k < c; ++k) {
+        const __m512 d = _mm512_sub_ps(load_bf16_masked(col + k * kTile, m), mean);
+        sq = _mm512_fmadd_ps(d, d, sq);
+      }
+      const __m512 var = _mm512_mul_ps(sq, _mm512_set1_ps(inv_c));
+      const __m512 rstd = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sqrt_ps(_mm512_add_ps(var, _mm512_set1_ps(eps))));
+      for (int64_t k0 = 0; k0 < c; k0 += 16) {
+        __m512 r[16];
+        for (int k = 0; k < 16; ++k) {
+          const __m512 d = _mm512_mul_ps(_mm512_sub_ps(load_bf16_masked(col + (k0 + k) * kTile, m), mean), rstd);
+          r[k] = _mm512_fmadd_ps(d, _mm512_set1_ps(w[k0 + k]), _mm512_set1_ps(b[k0 + k]));
+        }
+        transpose16(r);  // r[i]: position p0 + q0 + i, channels k0..k0+15
+        for (int64_t i = 0; i < n; ++i)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + (p0 + q0 + i) * c + k0),
+                              (__m256i)_mm512_cvtneps_pbh(r[i]));
+      }
+    }
+  }
+}
+
+// x [C, P] bf16, contiguous; weight, bias [C] fp32; C a multiple of 16.
+// Returns LayerNorm over C of each position, [P, C] in bf16: x.t() normalised, without the transposed copy.
+at::Tensor layer_norm_channel_major_to_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                            double eps) {
+  TORCH_CHECK(has_avx512_bf16(), "layer_norm_channel_major_to_bf16 needs AVX-512 with avx512_bf16");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(), "x must be [C, P] bf16, contiguous");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat && weight.is_contiguous() &&
+                  bias.is_contiguous(), "weight and bias must be float32, contiguous");
+  const int64_t c = x.size(0), p = x.size(1);
+  TORCH_CHECK(c % 16 == 0 && weight.numel() == c && bias.numel() == c, "channels must be a multiple of 16");
+  at::Tensor y = at::empty({p, c}, x.options());
+  const at::BFloat16* xp = x.data_ptr<at::BFloat16>();
+  const float* wp = weight.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  at::BFloat16* yp = y.data_ptr<at::BFloat16>();
+  const int64_t tiles = (p + kTile - 1) / kTile;
+  at::parallel_for(0, tiles, 16, [&](int64_t begin, int64_t end) {
+    std::vector<at::BFloat16> buf(c * kTile);
+    normalize_columns(xp, p, c, wp, bp, yp, begin * kTile, std::min(end * kTile, p), float(eps), buf.data());
   });
   return y;
 }
@@ -69,5 +189,11 @@ at::Tensor layer_norm_to_bf16(const at::Tensor& x, const at::Tensor& weight, con
 }  // namespace
 }  // namespace af2cpu
 
-TORCH_LIBRARY_FRAGMENT(af2cpu, m) { m.def("layer_norm_to_bf16(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor"); }
-TORCH_LIBRARY_IMPL(af2cpu, CPU, m) { m.impl("layer_norm_to_bf16", &af2cpu::layer_norm_to_bf16); }
+TORCH_LIBRARY_FRAGMENT(af2cpu, m) {
+  m.def("layer_norm_to_bf16(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor");
+  m.def("layer_norm_channel_major_to_bf16(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(af2cpu, CPU, m) {
+  m.impl("layer_norm_to_bf16", &af2cpu::layer_norm_to_bf16);
+  m.impl("layer_norm_channel_major_to_bf16", &af2cpu::layer_norm_channel_major_to_bf16);
+}
