@@ -27,13 +27,15 @@ went from about 2 GiB to 7-15 GiB. An explicit ``MALLOC_*`` setting in the
 environment wins: it is left alone; ``AF2CPU_MALLOC_TUNE=0`` keeps glibc's
 defaults altogether.
 
-The blocks above 32 MiB are the cost left. ``af2cpu`` (the CLI) sets
+Without the cache (``AF2CPU_BLOCK_CACHE=0``, or no compiler for the native
+kernels) the blocks above 32 MiB are the cost left. ``af2cpu`` (the CLI) sets
 ``THP_MEM_ALLOC_ENABLE=1`` before torch is imported (torch reads it once), so
 torch's allocator asks for transparent huge pages on blocks over 2 MiB: 400
 residues, bf16, native kernels, a warm pass took 64.1 s without and 46.6 s
 with it (peak RSS 1.89 and 1.88 GiB). It must be set before ``import torch``,
 which is why it lives in the CLI and not here; a user's own
-``THP_MEM_ALLOC_ENABLE=0`` wins.
+``THP_MEM_ALLOC_ENABLE=0`` wins. The cache follows the same setting for its
+own blocks.
 """
 
 from __future__ import annotations
