@@ -11,10 +11,10 @@
 // stack every request is a hit: no page faults and no heap growth.
 //
 // Its footprint stays near the peak of live memory: a request it cannot serve
-// from the cache first unmaps cached blocks, least recently freed first, as
-// many bytes as it needs, before mapping a new one. A cached block serves a
-// request up to 1/8 smaller than itself (blocks are never split). Smaller
-// requests go to the allocator that was installed before (malloc).
+// from the cache first unmaps cached blocks, least recently freed first, until
+// live + cached + the new block fits within that peak plus 1/4. A cached block
+// serves a request up to 1/8 smaller than itself (blocks are never split).
+// Smaller requests go to the allocator that was installed before (malloc).
 
 #include <ATen/ATen.h>
 #include <c10/core/CPUAllocator.h>
@@ -96,7 +96,8 @@ class BlockCache final : public c10::Allocator {
       return ptr;
     }
     // A miss: keep the footprint (live + cached + this block) within the high-water mark of live memory,
-    // plus 1/8, by unmapping the least recently freed blocks first.
+    // plus 1/4, by unmapping the least recently freed blocks first. The slack keeps blocks of the sizes an
+    // Evoformer block cycles through (with 1/8, 200 residues missed 9 times a block and ran 8% slower).
     const size_t high_water = std::max(peak_live_, live_ + size);
     while (!by_age_.empty() && mapped_ + size > high_water + high_water / 4) evict_oldest();
     ++misses_;
