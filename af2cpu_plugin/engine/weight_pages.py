@@ -21,13 +21,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import logging
 import mmap
 from typing import Iterable, List, Optional, Tuple
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 MADV_PAGEOUT = 21  # linux/mman.h
 _SUFFIX = ".safetensors"

@@ -48,10 +48,7 @@ AF2CPU_AVX512 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
 }
 
-AF2CPU_AVX512 inline __m512 load_bias(const at::BFloat16* p, __mmask16 m) {
-  const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
+AF2CPU_AVX512 inline __m512 load_bias(const at::BFloat16* p, __mmask16 m) { return load_bf16(p, m); }
 
 AF2CPU_AVX512 inline __m512 load_bias(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 

@@ -65,14 +65,6 @@ class BlockCache final : public c10::Allocator {
             int64_t(misses_)};
   }
 
-  // Unmap every cached block; peaks restart from what is live now.
-  void empty() {
-    std::lock_guard<std::mutex> lock(mu_);
-    while (!by_age_.empty()) evict_oldest();
-    peak_live_ = live_;
-    peak_mapped_ = live_;
-  }
-
  private:
   struct Free {
     size_t size;
@@ -200,14 +192,9 @@ std::vector<int64_t> block_cache_stats() {
   return cache ? cache->stats() : std::vector<int64_t>(6, 0);
 }
 
-void block_cache_empty() {
-  if (cache) cache->empty();
-}
-
 }  // namespace af2cpu
 
 TORCH_LIBRARY_FRAGMENT(af2cpu, m) {
   m.def("block_cache_install(bool huge_pages) -> ()", &af2cpu::block_cache_install);
   m.def("block_cache_stats() -> int[]", &af2cpu::block_cache_stats);
-  m.def("block_cache_empty() -> ()", &af2cpu::block_cache_empty);
 }

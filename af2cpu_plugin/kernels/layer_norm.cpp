@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include "cpu_features.h"
+#include "vec_math.h"
 
 #include <algorithm>
 #include <cmath>
@@ -92,11 +93,6 @@ at::Tensor layer_norm_to_bf16(const at::Tensor& x_in, const at::Tensor& weight, 
 // block of normalised values is transposed in registers and written
 // position-major, in bf16.
 
-AF2CPU_AVX512 inline __m512 load_bf16_masked(const at::BFloat16* p, __mmask16 m) {
-  const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
 // r[k] (16 lanes) -> r[k] holding lane k of every input, in order (a 16 x 16 transpose).
 AF2CPU_AVX512 inline void transpose16(__m512 (&r)[16]) {
   __m512 t[16], u[16];
@@ -139,11 +135,11 @@ AF2CPU_AVX512_BF16 void normalize_columns(const at::BFloat16* x, int64_t p_total
       const __mmask16 m = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
       const at::BFloat16* col = buf + q0;
       __m512 sum = _mm512_setzero_ps();
-      for (int64_t k = 0; k < c; ++k) sum = _mm512_add_ps(sum, load_bf16_masked(col + k * kTile, m));
+      for (int64_t k = 0; k < c; ++k) sum = _mm512_add_ps(sum, load_bf16(col + k * kTile, m));
       const __m512 mean = _mm512_mul_ps(sum, _mm512_set1_ps(inv_c));
       __m512 sq = _mm512_setzero_ps();
       for (int64_t k = 0; k < c; ++k) {
-        const __m512 d = _mm512_sub_ps(load_bf16_masked(col + k * kTile, m), mean);
+        const __m512 d = _mm512_sub_ps(load_bf16(col + k * kTile, m), mean);
         sq = _mm512_fmadd_ps(d, d, sq);
       }
       const __m512 var = _mm512_mul_ps(sq, _mm512_set1_ps(inv_c));
@@ -151,7 +147,7 @@ AF2CPU_AVX512_BF16 void normalize_columns(const at::BFloat16* x, int64_t p_total
       for (int64_t k0 = 0; k0 < c; k0 += 16) {
         __m512 r[16];
         for (int k = 0; k < 16; ++k) {
-          const __m512 d = _mm512_mul_ps(_mm512_sub_ps(load_bf16_masked(col + (k0 + k) * kTile, m), mean), rstd);
+          const __m512 d = _mm512_mul_ps(_mm512_sub_ps(load_bf16(col + (k0 + k) * kTile, m), mean), rstd);
           r[k] = _mm512_fmadd_ps(d, _mm512_set1_ps(w[k0 + k]), _mm512_set1_ps(b[k0 + k]));
         }
         transpose16(r);  // r[i]: position p0 + q0 + i, channels k0..k0+15

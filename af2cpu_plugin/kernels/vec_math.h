@@ -56,6 +56,11 @@ AF2CPU_AVX512 inline __m512 load_bf16(const at::BFloat16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
 }
 
+// The lanes of mask m (zero elsewhere; nothing past them is read).
+AF2CPU_AVX512 inline __m512 load_bf16(const at::BFloat16* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
 // ---------------------------------------------------------------- AVX2 ----
 
 AF2CPU_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
