@@ -111,6 +111,9 @@ def _prepare_request(pm, args: argparse.Namespace) -> None:
         )
     try:
         model_type, is_complex = colabfold_seam.resolve_model_type(args)
+    except colabfold_seam.EmptyChain as exc:
+        raise UsageError(f"{exc} in {args.input}",
+                         "separate the chains of a complex by single ':' (A:B), with a sequence for each") from exc
     except (OSError, ValueError, AssertionError) as exc:
         raise UsageError(
             f"could not read the input {args.input}: {' '.join(str(exc).split()) or type(exc).__name__}",
@@ -228,7 +231,10 @@ def random_params(argv: Sequence[str], extra_plugins: Iterable[object] = ()) -> 
         "download marker, under DATA/params. For demos and tests only: predictions are meaningless.",
     )
     parser.add_argument("--data", required=True, help="A scratch data dir (never ColabFold's real one).")
-    parser.add_argument("--model-type", default="alphafold2_ptm", choices=["alphafold2_ptm", "alphafold2"])
+    from af2cpu_plugin.random_params import MODEL_TYPES
+
+    parser.add_argument("--model-type", default="alphafold2_ptm", choices=list(MODEL_TYPES),
+                        help="alphafold2_multimer_v3 is what --model-type auto picks for a complex (A:B)")
     parser.add_argument("--models", type=_model_numbers, default=[1, 2, 3, 4, 5], metavar="1,2,3,4,5")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(list(argv))

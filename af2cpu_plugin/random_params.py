@@ -57,7 +57,16 @@ def perturb_constant_arrays(flat: Mapping[str, np.ndarray], seed: int = 0) -> Di
 RANDOM_PARAMS_FORMAT_VERSION = 1
 
 MONOMER_MODEL_TYPES = ("alphafold2_ptm", "alphafold2")
+MULTIMER_MODEL_TYPES = ("alphafold2_multimer_v1", "alphafold2_multimer_v2", "alphafold2_multimer_v3")
+MODEL_TYPES = MONOMER_MODEL_TYPES + MULTIMER_MODEL_TYPES  # order fixes each type's seed stream: append only
 MONOMER_DOWNLOAD_MARKER = "download_finished.txt"  # colabfold.download.download_alphafold_params
+
+
+def download_marker(model_type: str) -> str:
+    """The file whose presence makes ``colabfold.download.download_alphafold_params`` skip the download."""
+    if model_type in MULTIMER_MODEL_TYPES:
+        return f"download_complexes_multimer_{model_type.rsplit('_', 1)[1]}_finished.txt"
+    return MONOMER_DOWNLOAD_MARKER
 
 # Tiny problem used to trace the model during haiku init (shapes of params do
 # not depend on it).
@@ -65,27 +74,32 @@ _INIT_NUM_RES = 8
 _INIT_NUM_MSA = 4
 _INIT_NUM_EXTRA = 4
 _INIT_NUM_TEMPLATES = 1
+_INIT_NUM_MULTIMER_MSA = 520  # more rows than any multimer config samples (508), so the extra MSA is not empty
 
 
 def params_file_name(model_type: str, model_number: int) -> str:
-    """The file ColabFold reads for a monomer model (colabfold.alphafold.models)."""
-    if model_type not in MONOMER_MODEL_TYPES:
-        raise ValueError(f"random params support model types {MONOMER_MODEL_TYPES}, not {model_type!r}")
+    """The file ColabFold reads for the model (colabfold.alphafold.models)."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"random params support model types {', '.join(MODEL_TYPES)}, not {model_type!r}")
     from af2cpu_plugin.hooks.colabfold_seam import params_file_name as colabfold_file_name
 
     return colabfold_file_name(model_type, model_number)
 
 
 def config_name(model_type: str, model_number: int) -> str:
-    """alphafold.model.config name: model_N_ptm or model_N."""
+    """alphafold.model.config name: model_N_ptm, model_N, model_N_multimer, model_N_multimer_v2 or _v3."""
     if model_number not in (1, 2, 3, 4, 5):
         raise ValueError(f"model_number must be 1..5, not {model_number!r}")
     params_file_name(model_type, model_number)  # validates model_type
+    if model_type in MULTIMER_MODEL_TYPES:
+        version = model_type.rsplit("_", 1)[1]
+        return f"model_{model_number}_multimer" + ("" if version == "v1" else f"_{version}")
     return f"model_{model_number}_ptm" if model_type == "alphafold2_ptm" else f"model_{model_number}"
 
 
 def random_init_config(model_type: str, model_number: int):
-    """ColabFold's config for the model, fp32, non-zero init, unfused triangle multiplication."""
+    """ColabFold's config for the model, fp32, non-zero init, the released files' triangle multiplication
+    layout: unfused, except multimer v3 (stored fused)."""
     from alphafold.model import config
 
     cfg = config.model_config(config_name(model_type, model_number))
@@ -97,10 +111,38 @@ def random_init_config(model_type: str, model_number: int):
     cfg.model.calc_extended_ptm = False
     cfg.model.use_probs_extended = False
     evo = cfg.model.embeddings_and_evoformer
+    fused = model_type == "alphafold2_multimer_v3"
     for stack in (evo.evoformer, evo.template.template_pair_stack):
-        stack.triangle_multiplication_incoming.fuse_projection_weights = False
-        stack.triangle_multiplication_outgoing.fuse_projection_weights = False
+        stack.triangle_multiplication_incoming.fuse_projection_weights = fused
+        stack.triangle_multiplication_outgoing.fuse_projection_weights = fused
     return cfg
+
+
+def _dummy_multimer_batch() -> Dict[str, np.ndarray]:
+    """Minimal raw features (two chains) that ``modules_multimer.AlphaFold`` can trace."""
+    n, t = _INIT_NUM_RES, _INIT_NUM_TEMPLATES
+    s = _INIT_NUM_MULTIMER_MSA
+    rng = np.random.default_rng(0)
+    aatype = rng.integers(0, 20, n).astype(np.int32)
+    chain = (np.arange(n) >= n // 2).astype(np.int32) + 1
+    return {
+        "aatype": aatype,
+        "residue_index": np.arange(n, dtype=np.int32),
+        "asym_id": chain, "entity_id": chain, "sym_id": np.ones(n, np.int32),
+        "seq_mask": np.ones(n, np.float32),
+        "msa": rng.integers(0, 21, (s, n)).astype(np.int32),
+        "deletion_matrix": np.zeros((s, n), np.float32),
+        "msa_mask": np.ones((s, n), np.float32),
+        "cluster_bias_mask": np.eye(1, s, dtype=np.float32)[0],
+        "bert_mask": np.zeros((s, n), np.float32),
+        "template_aatype": np.tile(aatype, (t, 1)),
+        "template_all_atom_positions": rng.normal(0, 5, (t, n, 37, 3)).astype(np.float32),
+        "template_all_atom_mask": np.ones((t, n, 37), np.float32),
+        "all_atom_positions": np.zeros((n, 37, 3), np.float32),
+        "prev": {"prev_msa_first_row": np.zeros((n, 256), np.float32),
+                 "prev_pair": np.zeros((n, n, 128), np.float32),
+                 "prev_pos": np.zeros((n, 37, 3), np.float32)},
+    }
 
 
 def _dummy_batch(with_templates: bool) -> Dict[str, np.ndarray]:
@@ -150,32 +192,39 @@ def _dummy_batch(with_templates: bool) -> Dict[str, np.ndarray]:
 
 def model_seed(model_type: str, model_number: int, seed: int) -> int:
     """Independent seeds per (model type, model number, seed), so all ten files differ."""
-    ss = np.random.SeedSequence([int(seed), int(model_number), MONOMER_MODEL_TYPES.index(model_type)])
+    ss = np.random.SeedSequence([int(seed), int(model_number), MODEL_TYPES.index(model_type)])
     return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def make_random_params(model_type: str, model_number: int, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Random weights for ``params_model_N[_ptm].npz``: flat ``scope//name`` -> float32 array.
+    """Random weights for ``params_model_N*.npz``: flat ``scope//name`` -> float32 array.
 
-    haiku init of ColabFold's monomer model (``modules.AlphaFold_noE``, what
-    RunModel builds for ``num_ensemble=1``) with the real config, fp32,
-    ``zero_init=False`` and the *unfused* triangle multiplication layout of
-    the released monomer files; then :func:`perturb_constant_arrays`.
-    Models 1 and 2 carry the template embedding arrays; the non-pTM
-    ``alphafold2`` models lack the predicted_aligned_error head.
+    haiku init of ColabFold's model (``modules.AlphaFold_noE``, what RunModel
+    builds for ``num_ensemble=1``, or ``modules_multimer.AlphaFold``) with the
+    real config, fp32, ``zero_init=False`` and the triangle multiplication
+    layout of the released files (unfused but for multimer v3); then
+    :func:`perturb_constant_arrays`. Monomer models 1 and 2 carry the template
+    embedding arrays, all multimer models do; the non-pTM ``alphafold2``
+    models lack the predicted_aligned_error head.
     """
     import os
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import haiku as hk
     import jax
-    from alphafold.model import modules
+    from alphafold.model import modules, modules_multimer
 
     cfg = random_init_config(model_type, model_number)
-    batch = _dummy_batch(cfg.model.embeddings_and_evoformer.template.enabled)
+    if model_type in MULTIMER_MODEL_TYPES:
+        batch = _dummy_multimer_batch()
 
-    def forward(b):
-        return modules.AlphaFold_noE(cfg.model)(b, is_training=False)
+        def forward(b):
+            return modules_multimer.AlphaFold(cfg.model)(dict(b), is_training=False)
+    else:
+        batch = _dummy_batch(cfg.model.embeddings_and_evoformer.template.enabled)
+
+        def forward(b):
+            return modules.AlphaFold_noE(cfg.model)(b, is_training=False)
 
     s = model_seed(model_type, model_number, seed)
     init = jax.jit(hk.transform(forward).init)
@@ -195,11 +244,12 @@ def save_npz_atomically(path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def write_random_params(data_dir, model_type: str = "alphafold2_ptm", models=(1, 2, 3, 4, 5), seed: int = 0):
-    """Write ``<data_dir>/params/params_model_N[_ptm].npz`` for ``models`` plus ColabFold's marker.
+    """Write ColabFold's ``<data_dir>/params/params_model_N*.npz`` for ``models`` plus its marker.
 
-    Files that already exist are kept. The marker (``download_finished.txt``,
-    as in ``colabfold.download.download_alphafold_params``) makes ColabFold
-    skip the download. Returns the list of npz paths.
+    Files that already exist are kept. The marker (``download_finished.txt``
+    or ``download_complexes_multimer_vN_finished.txt``, as in
+    ``colabfold.download.download_alphafold_params``) makes ColabFold skip the
+    download. Returns the list of npz paths.
     """
     from pathlib import Path
 
@@ -211,7 +261,7 @@ def write_random_params(data_dir, model_type: str = "alphafold2_ptm", models=(1,
         if not path.exists():
             save_npz_atomically(str(path), make_random_params(model_type, int(n), seed))
         paths.append(path)
-    marker = params_dir / MONOMER_DOWNLOAD_MARKER
+    marker = params_dir / download_marker(model_type)
     if not marker.exists():
         marker.write_text("")
     return paths

@@ -22,6 +22,8 @@ from alphafold.common import confidence
 
 from . import malloc
 from .engine.model import AlphaFoldIteration
+from .engine.multimer import rng
+from .engine.multimer.model import MultimerIteration
 from .engine.params import bind_params
 from .engine.policy import RuntimePolicy
 
@@ -66,7 +68,7 @@ def _to_float16(tree: Any) -> Any:
 
 
 class CpuRunModel:
-    """Drop-in for ``alphafold.model.model.RunModel`` (monomer), computed by torch on the CPU."""
+    """Drop-in for ``alphafold.model.model.RunModel`` (monomer and multimer), computed by torch on the CPU."""
 
     def __init__(self, config, params: Optional[Mapping] = None, is_training: bool = False,
                  extended_ptm_config: Optional[Mapping] = None, jit_kwargs: Optional[Mapping] = None,
@@ -77,15 +79,17 @@ class CpuRunModel:
         self.config = config
         self.multimer_mode = bool(config.model.global_config.multimer_mode)
         if self.multimer_mode:
-            raise UnsupportedConfig("multimer models are not yet served by --backend cpu")
-        if config.data.eval.num_ensemble != 1:
+            if config.model.num_ensemble_eval != 1:
+                raise UnsupportedConfig("--num-ensemble > 1 is not yet served by --backend cpu")
+        elif config.data.eval.num_ensemble != 1:
             raise UnsupportedConfig("--num-ensemble > 1 is not yet served by --backend cpu")
         ext = extended_ptm_config or {}
         self.config.model.calc_extended_ptm = bool(ext.get("calc_extended_ptm", False))
         self.config.model.use_probs_extended = bool(ext.get("use_probs_extended", False))
         self.policy = policy or RuntimePolicy()
         malloc.tune()  # process-wide: activation blocks up to 32 MiB are reused from the heap, not re-faulted
-        self.model = AlphaFoldIteration(config.model).eval()
+        model_class = MultimerIteration if self.multimer_mode else AlphaFoldIteration
+        self.model = model_class(config.model).eval()
         self._params: Optional[Mapping] = None
         if params is not None:
             self.params = params
@@ -101,7 +105,9 @@ class CpuRunModel:
         self._params = params
 
     def process_features(self, raw_features, random_seed: int):
-        """ColabFold's own numpy feature pipeline, unchanged."""
+        """ColabFold's own numpy feature pipeline, unchanged (multimer: the raw features, sampled in the model)."""
+        if self.multimer_mode:
+            return raw_features
         from alphafold.model import features
 
         return features.np_example_to_features(np_example=raw_features, config=self.config,
@@ -111,7 +117,8 @@ class CpuRunModel:
                      ) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
         """One recycling pass under the runner's policy: (result with confidence metrics, next prev).
 
-        ``feat`` holds one pass's features (no recycle dim). Results are fp32
+        ``feat`` holds one pass's features (monomer: no recycle dim; multimer:
+        the raw features plus the pass's ``random_key``). Results are fp32
         numpy. ``predict`` casts both to float16, as ColabFold's runner does;
         parity checks and benchmarks call this directly and read them before
         that cast.
@@ -141,12 +148,14 @@ class CpuRunModel:
 
         The monomer model draws no random numbers at inference (features are
         resampled per recycle by the feature pipeline), so ``random_seed``
-        only matters to the pipeline, as in the JAX runner.
+        only matters to the pipeline, as in the JAX runner. The multimer
+        model samples its MSA in each pass from that pass's key, split from
+        ``PRNGKey(random_seed)`` as the JAX runner splits it.
         """
         if self._params is None:
             raise UnsupportedConfig("no params assigned to the runner")
         num_iters = self.config.model.num_recycle + 1
-        L = feat["aatype"].shape[1]
+        L = feat["aatype"].shape[0 if self.multimer_mode else 1]
         prev = zero_prev(L)
         if "all_atom_positions" in feat:
             logger.info("INFO: using provided all_atom_positions as initial guess")
@@ -157,8 +166,12 @@ class CpuRunModel:
             torch.set_num_threads(threads)
         result: Dict[str, Any] = {}
         r = 0
+        keys = rng.pass_keys(random_seed, num_iters) if self.multimer_mode else None
         for r in range(num_iters):
-            sub_feat = {k: v[r] for k, v in feat.items()}
+            if self.multimer_mode:
+                sub_feat = {**feat, "random_key": keys[r]}
+            else:
+                sub_feat = {k: v[r] for k, v in feat.items()}
             result, prev = self.forward_pass(sub_feat, prev)
             result, prev = _to_float16(result), _to_float16(prev)
             if return_representations:

@@ -18,7 +18,11 @@ Cases: ``deep_msa`` (59 aa, 7,797 sequences: fills 512 clusters + 5,120 extra),
 ``single130`` (the 130-residue chain of the shared AF2 prediction, single
 sequence) and ``templates130`` (the same chain with that prediction's mmCIF as
 a custom template, found by ColabFold's offline hhsearch; model 1, which
-embeds templates). Prints a markdown table and writes bench/results/parity[_bf16]_CASE.json.
+embeds templates); multimer v3 (model 1) on ``heteromer`` (the deep-MSA 59-aa
+chain with its MSA and the 130-aa chain as a single sequence) and ``homodimer``
+(two copies of the deep-MSA chain), with ColabFold's v3 budgets (508 clusters,
+2,048 extra). Multimer samples its MSA inside the model, so its noise floor
+nudges the weights that first read the MSA features by one ulp instead. Prints a markdown table and writes bench/results/parity[_bf16]_CASE.json.
 """
 
 from __future__ import annotations
@@ -36,7 +40,21 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AF2CPU_SHARED_DATA", ROOT.parent / "shared" / "data" / "colabfold-test-data"))
-TARGETS = {"coordinates (Å)": 0.05, "pLDDT": 0.1, "PAE": 0.05}
+TARGETS = {"coordinates (Å)": 0.05, "pLDDT": 0.1, "PAE": 0.05, "ipTM": 0.005}
+
+
+MULTIMER_CASES = ("heteromer", "homodimer")
+
+
+def multimer_chains(name: str):
+    """``(sequence, copies, unpaired a3m or None)`` per unique chain of a multimer case."""
+    deep = case_input("deep_msa")
+    deep_query = deep.splitlines()[1].strip()
+    if name == "homodimer":
+        return [(deep_query, 2, deep)]
+    if name == "heteromer":
+        return [(deep_query, 1, deep), (case_input("single130"), 1, None)]
+    raise SystemExit(f"unknown multimer case {name!r}")
 
 
 def case_input(name: str) -> str:
@@ -70,6 +88,15 @@ PERTURBATIONS = {
     "msa_feat -1 ulp": ("msa_feat", -np.inf),
     "target_feat +1 ulp": ("target_feat", np.inf),
 }
+# Multimer builds its MSA features inside the model, so the same one-ulp
+# nudge goes to the weights that first read them (the same relative change of
+# the first activations).
+_EVO = "alphafold/alphafold_iteration/evoformer/"
+MULTIMER_PERTURBATIONS = {
+    "preprocess_msa +1 ulp": (_EVO + "preprocess_msa//weights", np.inf),
+    "preprocess_msa -1 ulp": (_EVO + "preprocess_msa//weights", -np.inf),
+    "preprocess_1d +1 ulp": (_EVO + "preprocess_1d//weights", np.inf),
+}
 
 
 def worst(rows):
@@ -84,7 +111,8 @@ def worst(rows):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", choices=["deep_msa", "single130", "templates130", "all"], default="all")
+    ap.add_argument("--case", choices=["deep_msa", "single130", "templates130", *MULTIMER_CASES, "multimer", "all"],
+                    default="all", help="'multimer': heteromer and homodimer; 'all': every case")
     ap.add_argument("--num-recycle", type=int, default=3)
     ap.add_argument("--data", type=Path, default=None, help="data dir with params/ (random params are made if absent)")
     ap.add_argument("--torsion-placeholders", action="store_true",
@@ -101,20 +129,30 @@ def main(argv=None) -> int:
     from af2cpu_plugin.random_params import write_random_params
     from af2cpu_plugin.testing import parity
     from af2cpu_plugin.testing.params_cache import test_cache_root
+    from af2cpu_plugin.hooks import colabfold_seam
 
     data = args.data or test_cache_root() / "bench-data"
-    cases = ["deep_msa", "single130", "templates130"] if args.case == "all" else [args.case]
+    monomer_cases = ["deep_msa", "single130", "templates130"]
+    cases = {"all": monomer_cases + list(MULTIMER_CASES), "multimer": list(MULTIMER_CASES)}.get(args.case,
+                                                                                                [args.case])
     report = {}
     for name in cases:
+        multimer = name in MULTIMER_CASES
         # Model 3 (no templates) as ColabFold runs it without --templates; model 1 with them.
-        model_number = 1 if name == "templates130" else 3
-        write_random_params(data, "alphafold2_ptm", models=(model_number,), seed=0)
-        npz = data / "params" / f"params_model_{model_number}_ptm.npz"
-        jax_params = get_model_haiku_params(str(data), "alphafold2_ptm", str(model_number), use_fuse=True,
+        # Multimer: model 1 of v3 (every multimer model embeds templates; ColabFold's are mock ones here).
+        model_type = "alphafold2_multimer_v3" if multimer else "alphafold2_ptm"
+        model_number = 1 if name == "templates130" or multimer else 3
+        write_random_params(data, model_type, models=(model_number,), seed=0)
+        npz = data / "params" / colabfold_seam.params_file_name(model_type, model_number)
+        jax_params = get_model_haiku_params(str(data), model_type, str(model_number), use_fuse=True,
                                             to_jnp=False)
         cpu_flat = {k: v.numpy() for k, v in load_params(npz).items()}
-        text = case_input(name)
-        if name == "templates130":
+        text = None if multimer else case_input(name)
+        if multimer:
+            # colabfold.batch.run's MSA budgets for multimer v3 with an MSA: 508 clusters, 2,048 extra
+            cfg = parity.colabfold_config("model_1_multimer_v3", args.num_recycle, max_seq=508, max_extra_seq=2048)
+            feat = parity.multimer_features(multimer_chains(name), max_seq=508)
+        elif name == "templates130":
             # colabfold.batch.run: single sequence + templates keeps 1 + 4 rows for the template torsions
             cfg = parity.colabfold_config("model_1_ptm", args.num_recycle, msa_depth=5)
             cfg.model.global_config.zero_init = not args.torsion_placeholders
@@ -122,34 +160,42 @@ def main(argv=None) -> int:
         else:
             cfg = parity.colabfold_config("model_3_ptm", args.num_recycle, msa_depth=parity.msa_depth(text))
             feat = parity.processed_features(cfg, text)
-        L = feat["aatype"].shape[1]
+        L = feat["aatype"].shape[0 if multimer else 1]
+        if multimer:
+            depth = {"msa_rows": int(feat["msa"].shape[0]), "msa_clusters": min(508, int(feat["msa"].shape[0])),
+                     "extra_msa": max(0, min(2048, int(feat["msa"].shape[0]) - 508)),
+                     "chains": [len(c[0]) for c in multimer_chains(name) for _ in range(c[1])]}
+        else:
+            depth = {"msa_clusters": int(feat["msa_feat"].shape[1]), "extra_msa": int(feat["extra_msa"].shape[1])}
+        model_name = npz.stem.replace("params_", "")
         t = time.time()
         jax_flat = {k: np.asarray(v) for k, v in flatten(jax_params).items()}
         if args.precision == "bf16":
             report[name] = bf16_case(cfg, cpu_flat, jax_flat, feat, args.num_recycle)
-            report[name].update({"model": f"model_{model_number}_ptm", "length": L,
-                                 "msa_clusters": int(feat["msa_feat"].shape[1]),
-                                 "extra_msa": int(feat["extra_msa"].shape[1]), "seconds": round(time.time() - t, 1)})
+            report[name].update({"model": model_name, "length": L, **depth, "seconds": round(time.time() - t, 1)})
             _write(args.out_dir / f"parity_bf16_{name}.json", {name: report[name]})
             continue
         history = []
         jax_ret, cpu_ret = parity.run_both_fp32(cfg, cpu_flat, feat, jax_flat=jax_flat, history=history)
-        first_pass = parity.compare(*history[0])
-        diffs = parity.compare(jax_ret, cpu_ret)
+        first_pass = parity.compare(*history[0], interface=multimer)
+        diffs = parity.compare(jax_ret, cpu_ret, interface=multimer)
         floors = {}
-        for label, (key, direction) in PERTURBATIONS.items():
-            jax_again, _ = parity.run_both_fp32(cfg, cpu_flat, parity.perturbed_by_one_ulp(feat, key, direction),
-                                                jax_flat=jax_flat, cpu=False)
-            floors[label] = parity.compare(jax_ret, jax_again)
+        for label, (key, direction) in (MULTIMER_PERTURBATIONS if multimer else PERTURBATIONS).items():
+            if multimer:
+                nudged = parity.perturbed_by_one_ulp(jax_flat, key, direction)
+                jax_again, _ = parity.run_both_fp32(cfg, cpu_flat, feat, jax_flat=nudged, cpu=False)
+            else:
+                jax_again, _ = parity.run_both_fp32(cfg, cpu_flat, parity.perturbed_by_one_ulp(feat, key, direction),
+                                                    jax_flat=jax_flat, cpu=False)
+            floors[label] = parity.compare(jax_ret, jax_again, interface=multimer)
         floor = worst(floors.values())
-        report[name] = {"model": f"model_{model_number}_ptm", "length": L, "msa_clusters": int(feat["msa_feat"].shape[1]),
-                        "extra_msa": int(feat["extra_msa"].shape[1]), "num_recycle": args.num_recycle,
+        report[name] = {"model": model_name, "length": L, **depth, "num_recycle": args.num_recycle,
                         "cpu_vs_jax": diffs, "cpu_vs_jax_first_pass": first_pass,
                         "jax_vs_jax_1ulp_worst": floor, "jax_vs_jax_1ulp": floors,
                         "plddt_std": float(np.std(cpu_ret["plddt"])),
                         "pae_std": float(np.std(cpu_ret["predicted_aligned_error"])),
                         "seconds": round(time.time() - t, 1)}
-        print(f"\n## {name}: {L} residues, {report[name]['msa_clusters']} clusters, "
+        print(f"\n## {name}: {model_name}, {L} residues, {report[name]['msa_clusters']} clusters, "
               f"{report[name]['extra_msa']} extra, {args.num_recycle} recycles")
         print("| quantity | cpu vs JAX, first pass: max / mean |Δ| | cpu vs JAX, final: max / mean |Δ| "
               "| JAX vs JAX (1 ulp, worst of 3): max / mean |Δ| | target max |")
@@ -183,15 +229,18 @@ def bf16_case(cfg, cpu_flat, jax_flat, feat, num_recycle: int) -> dict:
     parity.run_both_fp32(parity.with_bfloat16(cfg), cpu_flat, feat, jax_flat=jax_flat, cpu=False,
                                 history=jax_history)
     jax_bf16 = jax_history[-1][0]
+    iface = parity.is_multimer(cfg)
     rows = {
-        "cpu_bf16_vs_jax_fp32_first_pass": parity.compare(cpu_history[0][0], cpu_history[0][1]),
-        "cpu_bf16_vs_jax_fp32": parity.compare(jax_fp32, cpu_bf16),
-        "jax_bf16_vs_jax_fp32_first_pass": parity.compare(cpu_history[0][0], jax_history[0][0]),
-        "jax_bf16_vs_jax_fp32": parity.compare(jax_fp32, jax_bf16),
+        "cpu_bf16_vs_jax_fp32_first_pass": parity.compare(cpu_history[0][0], cpu_history[0][1], interface=iface),
+        "cpu_bf16_vs_jax_fp32": parity.compare(jax_fp32, cpu_bf16, interface=iface),
+        "jax_bf16_vs_jax_fp32_first_pass": parity.compare(cpu_history[0][0], jax_history[0][0], interface=iface),
+        "jax_bf16_vs_jax_fp32": parity.compare(jax_fp32, jax_bf16, interface=iface),
     }
-    L = feat["aatype"].shape[1]
-    print(f"\n## bf16: {L} residues, {feat['msa_feat'].shape[1]} clusters, {feat['extra_msa'].shape[1]} extra, "
-          f"{num_recycle} recycles; CPU: {cpu_info().describe()}")
+    if parity.is_multimer(cfg):
+        L, shape = feat["aatype"].shape[0], f"{feat['msa'].shape[0]} MSA rows"
+    else:
+        L, shape = feat["aatype"].shape[1], f"{feat['msa_feat'].shape[1]} clusters, {feat['extra_msa'].shape[1]} extra"
+    print(f"\n## bf16: {L} residues, {shape}, {num_recycle} recycles; CPU: {cpu_info().describe()}")
     print("| quantity | cpu bf16 vs JAX fp32, first pass | JAX bf16 vs JAX fp32, first pass "
           "| cpu bf16 vs JAX fp32, final | JAX bf16 vs JAX fp32, final | (max / mean \\|Δ\\|) |")
     print("|---|---|---|---|---|---|")

@@ -70,12 +70,25 @@ def resolve_model_type(args: Any) -> Tuple[str, bool]:
     """``(model_type, is_complex)`` exactly as ``colabfold.batch.main()`` will decide them.
 
     Reads the queries with ColabFold's own ``get_queries`` (cheap: no MSA) and
-    resolves ``--model-type auto`` with ``set_model_type``.
+    resolves ``--model-type auto`` with ``set_model_type``. A complex with an
+    empty chain (``A::B``, a trailing ``:``), which ColabFold would only trip
+    over deep in feature building, is a ``ValueError`` naming the query.
     """
     from colabfold import batch
 
-    _, is_complex = batch.get_queries(args.input, args.sort_queries_by)
+    queries, is_complex = batch.get_queries(args.input, args.sort_queries_by)
+    for job, sequences, *_ in queries:
+        if isinstance(sequences, (list, tuple)) and any(not s.strip() for s in sequences):
+            raise EmptyChain(job)
     return batch.set_model_type(is_complex, args.model_type), bool(is_complex)
+
+
+class EmptyChain(ValueError):
+    """A query whose ``:``-separated chains include an empty one."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        super().__init__(f"query {job!r} has an empty chain (two ':' in a row, or a ':' at either end)")
 
 
 # ---------------------------------------------------------------------------

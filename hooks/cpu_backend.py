@@ -1,7 +1,9 @@
 """``--backend cpu``: ColabFold's pipeline with af2cpu's PyTorch engine as the model.
 
 Serves monomer AlphaFold2 models (``alphafold2_ptm``, ``alphafold2``), also on
-complexes folded with ``--model-type alphafold2_ptm``, in fp32 or bf16
+complexes folded with ``--model-type alphafold2_ptm``, and AlphaFold-Multimer
+(``alphafold2_multimer_v1``, ``_v2``, ``_v3``; what ``--model-type auto`` picks for
+a complex), in fp32 or bf16
 (``--precision auto``: bf16 where the CPU has native bf16 dot products), with or without
 templates (``--templates``, ``--custom-template-path``, ``--pdb-hit-file``). Everything it
 does not serve yet is refused up front, in one line, by
@@ -25,7 +27,8 @@ from af2cpu_plugin.hooks.errors import UsageError
 from af2cpu_plugin.hooks.hookspecs import hookimpl
 
 NAME = "cpu"
-SUPPORTED_MODEL_TYPES = ("alphafold2_ptm", "alphafold2")
+SUPPORTED_MODEL_TYPES = ("alphafold2_ptm", "alphafold2", "alphafold2_multimer_v1", "alphafold2_multimer_v2",
+                         "alphafold2_multimer_v3")
 
 logger = logging.getLogger(__name__)
 
@@ -158,14 +161,6 @@ def af2cpu_check_request(backend, args, model_type, is_complex):
     # Templates (--templates, --custom-template-path, --pdb-hit-file) are
     # served: ColabFold builds the template features, the engine embeds them;
     # the CLI's pre-flight (hooks/template_check.py) checks the template dir.
-    if "multimer" in model_type:
-        if args.model_type == "auto" and is_complex:
-            return (
-                "the input has a complex (A:B), for which --model-type auto picks "
-                f"{model_type}, not yet on --backend cpu — pass --model-type alphafold2_ptm "
-                "or use --backend jax"
-            )
-        return _refuse(f"--model-type {model_type}", "use --model-type alphafold2_ptm or --backend jax")
     if model_type not in SUPPORTED_MODEL_TYPES:
         return (
             f"--model-type {model_type} is not supported on --backend cpu — "

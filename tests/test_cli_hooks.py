@@ -342,15 +342,12 @@ def test_help_lists_colabfold_and_af2cpu_options():
         (["--use-gpu-relax"], "--use-gpu-relax"),
         (["--kernels", "ipex"], "--kernels"),  # IPEX lives in its own venv, not in the test venv
         (["--model-type", "deepfold_v1"], "--model-type"),
-        (["--model-type", "alphafold2_multimer_v3"], "--model-type"),
         (["--num-ensemble", "2"], "--num-ensemble"),
         (["--use-dropout"], "--use-dropout"),
-        ([], "--model-type"),  # complex input: auto picks multimer
     ],
 )
 def test_cpu_refusals_are_one_line(workdir, extra, option):
-    query = "complex.fasta" if not extra else "query.fasta"
-    result = _run_cli(_batch_argv(workdir, "--backend", "cpu", *extra, query=query))
+    result = _run_cli(_batch_argv(workdir, "--backend", "cpu", *extra))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
@@ -425,6 +422,30 @@ def test_template_check_empty_dir_drops_templates(tmp_path):
     assert check.used is None and list(check.skipped) == ["1bad.cif"]
     assert "'data_'" in lines[0] and lines[-1].endswith("running without templates")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("sequence", ["MKTAYIAKQR::MKTAYIAKQR", "MKTAYIAKQR:", ":MKTAYIAKQR"])
+def test_empty_chain_is_one_line(workdir, sequence):
+    """A complex with an empty chain is refused before ColabFold starts, naming the query and the fix."""
+    (workdir / "empty.fasta").write_text(f">job1\n{sequence}\n")
+    result = _run_cli(_batch_argv(workdir, "--backend", "cpu", query="empty.fasta"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "'job1' has an empty chain" in errors[0] and "single ':'" in errors[0], errors
+    assert not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--model-type", "alphafold2_multimer_v2"]])
+def test_complex_with_multimer_is_accepted(workdir, extra):
+    """A:B with --model-type auto (multimer v3) or a multimer type passes the checks on --backend cpu
+    (fails later only on missing params: the download markers stop any fetch)."""
+    version = extra[-1].rsplit("_", 1)[1] if extra else "v3"
+    (workdir / "data" / "params" / f"download_complexes_multimer_{version}_finished.txt").write_text("")
+    result = _run_cli(_batch_argv(workdir, "--backend", "cpu", *extra, query="complex.fasta"))
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    suffix = "" if version == "v1" else f"_{version}"
+    assert f"_multimer{suffix}.npz not found" in result.stderr.splitlines()[-1], result.stderr
 
 
 def test_complex_with_ptm_is_accepted(workdir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+from torch import nn
 
 from alphafold.common import residue_constants
 
@@ -54,13 +55,15 @@ class InputEmbedder(Scopeless):
     """Suppl. Alg. 3 "InputEmbedder": target and MSA features to m and z."""
 
     def __init__(self, target_feat_dim: int, msa_feat_dim: int, msa_channel: int, pair_channel: int,
-                 max_relative_feature: int) -> None:
+                 relpos: nn.Module) -> None:
+        """``relpos`` is Alg. 4's encoding: :class:`RelativePositionEncoding` (monomer) or the
+        multimer's relative chain encoding."""
         super().__init__()
         self.preprocess_1d = Linear(target_feat_dim, msa_channel)
         self.preprocess_msa = Linear(msa_feat_dim, msa_channel)
         self.left_single = Linear(target_feat_dim, pair_channel)
         self.right_single = Linear(target_feat_dim, pair_channel)
-        self.relpos = RelativePositionEncoding(max_relative_feature, pair_channel)
+        self.relpos = relpos
 
     def forward(self, target_feat: torch.Tensor, msa_feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         msa = self.preprocess_1d(target_feat).unsqueeze(0) + self.preprocess_msa(msa_feat)

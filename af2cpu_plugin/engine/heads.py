@@ -34,9 +34,10 @@ class DistogramHead(nn.Module):
 class MaskedMsaHead(nn.Module):
     """Suppl. Sec. 1.9.9 "Masked MSA prediction": per-position residue logits."""
 
-    def __init__(self, config, msa_channel: int) -> None:
+    def __init__(self, num_output: int, msa_channel: int) -> None:
+        """``num_output``: the monomer config's ``num_output`` (23); 22 for multimer (haiku's ``multimer_mode``)."""
         super().__init__()
-        self.logits = Linear(msa_channel, config.num_output)
+        self.logits = Linear(msa_channel, num_output)
 
     def forward(self, msa: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {"logits": self.logits(msa)}

@@ -32,10 +32,10 @@ class AlphaFoldIteration(nn.Module):
         self.config = model_config
         evo = model_config.embeddings_and_evoformer
         heads = model_config.heads
-        self.evoformer = EmbeddingsAndEvoformer(evo, model_config.global_config)
-        self.structure_module = StructureModule(heads.structure_module, evo.seq_channel, evo.pair_channel)
+        self.evoformer = self.make_trunk(model_config)
+        self.structure_module = self.make_structure_module(model_config)
         self.distogram_head = DistogramHead(heads.distogram, evo.pair_channel)
-        self.masked_msa_head = MaskedMsaHead(heads.masked_msa, evo.msa_channel)
+        self.masked_msa_head = MaskedMsaHead(self.masked_msa_classes(model_config), evo.msa_channel)
         self.predicted_lddt_head = PredictedLDDTHead(heads.predicted_lddt, heads.structure_module.num_channel)
         self.experimentally_resolved_head = ExperimentallyResolvedHead(heads.experimentally_resolved,
                                                                        evo.seq_channel)
@@ -44,6 +44,22 @@ class AlphaFoldIteration(nn.Module):
                                                                           evo.pair_channel)
         else:
             self.predicted_aligned_error_head = None
+
+    # The parts AlphaFold-Multimer replaces (engine.multimer.model overrides these three).
+    def make_trunk(self, model_config) -> nn.Module:
+        return EmbeddingsAndEvoformer(model_config.embeddings_and_evoformer, model_config.global_config)
+
+    def make_structure_module(self, model_config) -> nn.Module:
+        evo = model_config.embeddings_and_evoformer
+        return StructureModule(model_config.heads.structure_module, evo.seq_channel, evo.pair_channel)
+
+    def masked_msa_classes(self, model_config) -> int:
+        return model_config.heads.masked_msa.num_output
+
+    @staticmethod
+    def structure_activations(structure: Mapping[str, Any]) -> torch.Tensor:
+        """The structure module's final single activations (what the pLDDT head reads)."""
+        return structure["representations"]["structure_module"]
 
     def _wanted(self, name: str) -> bool:
         return bool(self.config.heads[name].weight)
@@ -58,7 +74,7 @@ class AlphaFoldIteration(nn.Module):
         if self._wanted("masked_msa"):
             ret["masked_msa"] = self.masked_msa_head(reps["msa"])
         structure = self.structure_module(reps["single"], reps["pair"], batch)
-        reps.update(structure["representations"])
+        reps["structure_module"] = self.structure_activations(structure)
         # At inference haiku's StructureModule returns only these (folding.py, compute_loss=False).
         ret["structure_module"] = {k: structure[k] for k in ("final_atom_positions", "final_atom_mask")}
         if self._wanted("predicted_lddt"):

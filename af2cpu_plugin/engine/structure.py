@@ -154,6 +154,12 @@ class MultiRigidSidechain(nn.Module):
         self, affine: QuatAffine, representations_list: Sequence[torch.Tensor], aatype: torch.Tensor
     ) -> Dict[str, object]:
         """affine [N] (translations in Å), [act, initial_act], aatype [N] -> angles, frames, atom14."""
+        return self.from_rigids(rigids_from_quataffine(affine), representations_list, aatype)
+
+    def from_rigids(
+        self, backb_to_global: Rigids, representations_list: Sequence[torch.Tensor], aatype: torch.Tensor
+    ) -> Dict[str, object]:
+        """The same from backbone frames as rigids (what folding_multimer passes)."""
         act = None
         for name, x in zip(self.input_names, representations_list):
             y = getattr(self, name)(torch.relu(x))
@@ -170,7 +176,6 @@ class MultiRigidSidechain(nn.Module):
         angles = unnormalized_angles / torch.sqrt(
             torch.clamp(unnormalized_angles.square().sum(-1, keepdim=True), min=1e-12)
         )
-        backb_to_global = rigids_from_quataffine(affine)
         all_frames_to_global = torsion_angles_to_frames(aatype, backb_to_global, angles)
         pred_positions = frames_and_literature_positions_to_atom14_pos(aatype, all_frames_to_global)
         return {

@@ -7,7 +7,7 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
-from .embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder
+from .embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder, RelativePositionEncoding
 from .evoformer import EvoformerStack
 from .policy import trunk_precision
 from .primitives import Linear
@@ -37,7 +37,7 @@ class EmbeddingsAndEvoformer(nn.Module):
         self.config = config
         c = config
         self.input_embedder = InputEmbedder(TARGET_FEAT_DIM, MSA_FEAT_DIM, c.msa_channel, c.pair_channel,
-                                            c.max_relative_feature)
+                                            RelativePositionEncoding(c.max_relative_feature, c.pair_channel))
         self.recycling_embedder = RecyclingEmbedder(c.prev_pos, c.msa_channel, c.pair_channel)
         if c.template.enabled:
             self.template_embedding = TemplateEmbedding(c.template, c.pair_channel)

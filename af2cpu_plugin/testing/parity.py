@@ -27,19 +27,24 @@ def colabfold_config(model_name: str = "model_3_ptm", num_recycle: int = 1, *, e
                      extra_blocks: Optional[int] = None, structure_layers: Optional[int] = None,
                      max_seq: Optional[int] = None, max_extra_seq: Optional[int] = None,
                      msa_depth: Optional[int] = None,
-                     save_all: bool = False, rank_by: str = "plddt", stop_at_score: float = 100.0,
-                     recycle_early_stop_tolerance: Optional[float] = None):
+                     save_all: bool = False, rank_by: Optional[str] = None, stop_at_score: float = 100.0,
+                     recycle_early_stop_tolerance: Optional[float] = None, template_blocks: Optional[int] = None,
+                     use_cluster_profile: bool = True):
     """A model config edited as ``colabfold.alphafold.models.load_models_and_params`` does,
     with fp32 (``use_bfloat16=False``) and fused triangle multiplications; depth optionally reduced.
 
     ``msa_depth`` (sequences in the MSA, query included) lowers the MSA budgets
-    as ``colabfold.batch.run`` does for a single query."""
+    as ``colabfold.batch.run`` does for a single query. Multimer configs
+    (``model_N_multimer[_v2|_v3]``) take the budgets in the model
+    (``num_msa``, ``num_extra_msa``), rank by ``80 ipTM + 20 pTM`` and keep
+    ``num_recycle`` as given (ColabFold passes ``--num-recycle`` through)."""
     from alphafold.model import config
 
     cfg = config.model_config(model_name)
     m = cfg.model
+    multimer = bool(m.global_config.multimer_mode)
     m.stop_at_score = float(stop_at_score)
-    m.rank_by = rank_by
+    m.rank_by = rank_by or ("multimer" if multimer else "plddt")
     m.global_config.eval_dropout = False
     m.global_config.bfloat16 = False
     evo = m.embeddings_and_evoformer
@@ -50,16 +55,26 @@ def colabfold_config(model_name: str = "model_3_ptm", num_recycle: int = 1, *, e
         max_seq = min(msa_depth, max_seq or 512)
         max_extra_seq = max(min(msa_depth - max_seq, max_extra_seq or 5120), 1)
     if max_seq is not None:
-        cfg.data.eval.max_msa_clusters = max_seq
+        if multimer:
+            evo.num_msa = max_seq
+        else:
+            cfg.data.eval.max_msa_clusters = max_seq
     if max_extra_seq is not None:
-        cfg.data.common.max_extra_msa = max_extra_seq
+        if multimer:
+            evo.num_extra_msa = max_extra_seq
+        else:
+            cfg.data.common.max_extra_msa = max_extra_seq
     if not save_all:
         m.heads.distogram.weight = 0.0
         m.heads.masked_msa.weight = 0.0
         m.heads.experimentally_resolved.weight = 0.0
-    cfg.data.common.num_recycle = num_recycle
     m.num_recycle = num_recycle
-    cfg.data.eval.num_ensemble = 1
+    if multimer:
+        evo.use_cluster_profile = use_cluster_profile
+        m.num_ensemble_eval = 1
+    else:
+        cfg.data.common.num_recycle = num_recycle
+        cfg.data.eval.num_ensemble = 1
     if recycle_early_stop_tolerance is not None:
         m.recycle_early_stop_tolerance = recycle_early_stop_tolerance
     if evoformer_blocks is not None:
@@ -68,7 +83,37 @@ def colabfold_config(model_name: str = "model_3_ptm", num_recycle: int = 1, *, e
         evo.extra_msa_stack_num_block = extra_blocks
     if structure_layers is not None:
         m.heads.structure_module.num_layer = structure_layers
+    if template_blocks is not None:
+        evo.template.template_pair_stack.num_block = template_blocks
     return cfg
+
+
+def is_multimer(cfg) -> bool:
+    return bool(cfg.model.global_config.multimer_mode)
+
+
+def multimer_features(chains, model_type: str = "alphafold2_multimer_v3", max_seq: int = 508,
+                      msa_pad_depth: int = 0) -> Dict[str, np.ndarray]:
+    """ColabFold's raw multimer features for a complex, as ``colabfold.batch`` makes and edits them.
+
+    ``chains``: one ``(sequence, copies, unpaired_a3m_or_None)`` per unique
+    chain (no paired MSA: each chain's paired block is its query alone).
+    ``generate_input_feature`` builds the features (MSA padded to
+    ``max_seq + 4`` rows), then ``predict_structure``'s edits: ``asym_id``
+    offset to start at 0 and, with ``msa_pad_depth``, the MSA padded deeper.
+    """
+    from colabfold.batch import generate_input_feature, mk_mock_template
+    from alphafold.data import pipeline_multimer
+
+    seqs = [c[0] for c in chains]
+    card = [int(c[1]) for c in chains]
+    unpaired = [c[2] if c[2] else f">{101 + i}\n{c[0]}" for i, c in enumerate(chains)]
+    templates = [mk_mock_template(sq) for sq in seqs]
+    feat, _ = generate_input_feature(seqs, card, unpaired, None, templates, True, model_type, max_seq=max_seq)
+    feat["asym_id"] = feat["asym_id"] - feat["asym_id"][..., 0]
+    if msa_pad_depth > feat["msa"].shape[0]:
+        feat = pipeline_multimer.pad_msa(feat, min_num_seq=msa_pad_depth)
+    return feat
 
 
 def with_bfloat16(cfg):
@@ -152,7 +197,13 @@ def random_params_for_config(cfg, feat: Dict[str, np.ndarray], seed: int = 0) ->
     for head in ("distogram", "masked_msa", "experimentally_resolved"):
         init_cfg.model.heads[head].weight = 1.0
     runner = af_model.RunModel(init_cfg, None)
-    one_pass = jax.tree_util.tree_map(lambda x: x[:1], feat)
+    if is_multimer(cfg):
+        # the multimer AlphaFold needs the recycled inputs to trace (ColabFold's fork has no default)
+        from ..runner import zero_prev
+
+        one_pass = {**feat, "prev": zero_prev(feat["aatype"].shape[0])}
+    else:
+        one_pass = jax.tree_util.tree_map(lambda x: x[:1], feat)
     runner.init_params(one_pass, random_seed=seed)
     flat = perturb_constant_arrays({k: np.asarray(v) for k, v in flatten(runner.params).items()}, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,8 +234,9 @@ def perturbed_by_one_ulp(feat: Dict[str, np.ndarray], key: str, direction: float
     return out
 
 
-def compare(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Tuple[float, float]]:
-    """max and mean |Δ| for coordinates (Å, atoms present), pLDDT, PAE and pTM."""
+def compare(a: Dict[str, Any], b: Dict[str, Any], interface: bool = False) -> Dict[str, Tuple[float, float]]:
+    """max and mean |Δ| for coordinates (Å, atoms present), pLDDT, PAE, pTM and, with ``interface``
+    (complexes), ipTM."""
     mask = np.asarray(a["structure_module"]["final_atom_mask"], bool)
     pos_a = np.asarray(a["structure_module"]["final_atom_positions"], np.float64)[mask]
     pos_b = np.asarray(b["structure_module"]["final_atom_positions"], np.float64)[mask]
@@ -192,6 +244,8 @@ def compare(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Tuple[float, floa
     if "predicted_aligned_error" in a:
         rows["PAE"] = (a["predicted_aligned_error"], b["predicted_aligned_error"])
         rows["pTM"] = (a["ptm"], b["ptm"])
+    if interface:
+        rows["ipTM"] = (a["iptm"], b["iptm"])
     out = {}
     for name, (x, y) in rows.items():
         d = np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
@@ -219,17 +273,22 @@ def run_both_fp32(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0, policy=
     jax_runner = af_model.RunModel(copy.deepcopy(cfg), {s: {n: jnp.asarray(v) for n, v in d.items()}
                                                         for s, d in nested(jax_flat or flat).items()})
     cpu_runner = CpuRunModel(copy.deepcopy(cfg), nested(flat), policy=policy) if cpu else None
-    L = feat["aatype"].shape[1]
+    multimer = is_multimer(cfg)
+    L = feat["aatype"].shape[0 if multimer else 1]
     jax_prev, cpu_prev = zero_prev(L), zero_prev(L)
+    if multimer and "all_atom_positions" in feat:  # RunModel.predict's initial guess (zeros from ColabFold)
+        jax_prev["prev_pos"] = cpu_prev["prev_pos"] = np.asarray(feat["all_atom_positions"], np.float16)
     key = jax.random.PRNGKey(seed)
     n = passes or cfg.model.num_recycle + 1
-    import torch
     for r in range(n):
-        sub = {k: v[r] for k, v in feat.items()}
         key, sub_key = jax.random.split(key)
+        if multimer:
+            jax_in, sub = dict(feat), {**feat, "random_key": np.asarray(sub_key)}
+        else:
+            sub = {k: v[r] for k, v in feat.items()}
+            jax_in = jax.tree_util.tree_map(lambda x: x[None], sub)
         jax_ret = jax.tree_util.tree_map(np.asarray, jax_runner.apply(jax_runner.params, sub_key,
-                                                                      {**jax.tree_util.tree_map(lambda x: x[None], sub),
-                                                                       "prev": jax_prev}))
+                                                                      {**jax_in, "prev": jax_prev}))
         jax_prev = _to_float16(jax_ret.pop("prev"))
         if cpu_runner is not None:
             cpu_ret, cpu_next = cpu_runner.forward_pass(sub, cpu_prev)

@@ -1,0 +1,365 @@
+"""AlphaFold-Multimer template embedding against ColabFold's haiku originals
+(modules_multimer.TemplateEmbedding, SingleTemplateEmbedding, TemplateEmbeddingIteration,
+template_embedding_1d), fp32, reduced sizes; and the full-size multimer v3 parameter set."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from af2cpu_plugin.engine.multimer import template_features as tf
+from af2cpu_plugin.engine.multimer.templates import (SingleTemplateEmbedding, TemplateEmbedding,
+                                                     TemplateEmbeddingIteration, TemplateSingleEmbedding)
+from af2cpu_plugin.engine.params import bind_params, expected_params
+from af2cpu_plugin.testing.oracle import as_tensor, assert_close, haiku_reference
+
+hk = pytest.importorskip("haiku")
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+modules_multimer = pytest.importorskip("alphafold.model.modules_multimer")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "colabfold-test-data"
+PDB = SHARED / "ERR550519_2213899_unrelaxed_model_1.pdb"
+needs_structure = pytest.mark.skipif(not PDB.exists(), reason="colabfold test data not available")
+
+N_RES, C_Z, C_M, C_T = 11, 12, 10, 8
+CHAIN_A = 6  # residues [0, 6) are chain A, [6, 11) chain B
+REL_TOL = 1e-4
+
+
+def multimer_global_config():
+    """model_1_multimer_v3's global_config, made fp32 and non-zero-init."""
+    from alphafold.model import config
+
+    gc = config.model_config("model_1_multimer_v3").model.global_config
+    gc.bfloat16 = False
+    gc.zero_init = False
+    gc.eval_dropout = False
+    gc.multimer_mode = True
+    return gc
+
+
+def full_template_config():
+    from alphafold.model import config
+
+    return config.model_config("model_1_multimer_v3").model.embeddings_and_evoformer.template
+
+
+def template_config():
+    """model_1_multimer_v3's template config, shrunk (same keys, fused tri-mult)."""
+    c = full_template_config()
+    c.num_channels = C_T
+    s = c.template_pair_stack
+    for k in ("triangle_attention_starting_node", "triangle_attention_ending_node"):
+        s[k].num_head = 2
+    for k in ("triangle_multiplication_outgoing", "triangle_multiplication_incoming"):
+        s[k].num_intermediate_channel = 6
+        assert s[k].fuse_projection_weights
+    assert s.num_block == 2
+    return c
+
+
+def run_torch(module, flat, root, *inputs):
+    module.eval()
+    bind_params(module, flat, root=root)
+    with torch.inference_mode():
+        return module(*[as_tensor(x) if not isinstance(x, np.ndarray) or x.dtype != bool
+                        else torch.from_numpy(x) for x in inputs])
+
+
+@pytest.fixture(scope="module")
+def structure():
+    from alphafold.common import protein
+
+    prot = protein.from_pdb_string(PDB.read_text())
+    return (prot.aatype.astype(np.int32), prot.atom_positions.astype(np.float32),
+            prot.atom_mask.astype(np.float32))
+
+
+def template_batch(structure, num_templates=4, start=20):
+    """Templates cut from the test structure (with noise): a complete one, one with a
+    gap residue, a residue without CA (degenerate frame), one without CB and side
+    chain, a missing side-chain atom and an UNK, and empty padding templates
+    (aatype 0, no atoms: two identical ones when num_templates is 4)."""
+    aatype, pos, mask = structure
+    rng = np.random.default_rng(0)
+    aa, xyz, am = [], [], []
+    for i in range(num_templates):
+        s = start + 17 * i
+        a, p, m = aatype[s:s + N_RES].copy(), pos[s:s + N_RES].copy(), mask[s:s + N_RES].copy()
+        p = p + rng.normal(scale=0.3, size=p.shape).astype(np.float32)
+        if i == 1:
+            m[3] = 0.0
+            a[3] = 21  # an alignment gap: no atoms
+            m[5, 1] = 0.0  # no CA: no backbone frame
+            m[7, 3:] = 0.0  # no CB and no side chain: no pseudo-β, no chi
+            m[8, 5] = 0.0  # one side-chain atom missing
+            a[9] = 20  # UNK: no chi
+        if i >= 2:
+            a[:] = 0
+            m[:] = 0.0
+        p = p * m[..., None]
+        aa.append(a), xyz.append(p), am.append(m)
+    return np.stack(aa).astype(np.int32), np.stack(xyz).astype(np.float32), np.stack(am).astype(np.float32)
+
+
+def pair_inputs(seed=0, c=C_Z):
+    rng = np.random.default_rng(seed)
+    query = rng.normal(size=(N_RES, N_RES, c)).astype(np.float32)
+    seq_mask = np.ones(N_RES, np.float32)
+    seq_mask[-1] = 0.0  # a padded residue
+    asym_id = np.where(np.arange(N_RES) < CHAIN_A, 1, 2)
+    multichain = asym_id[:, None] == asym_id[None, :]
+    return query, (seq_mask[:, None] * seq_mask[None, :]).astype(np.float32), multichain
+
+
+# --------------------------------------------------------------------------- features
+
+
+@needs_structure
+def test_chi_features_match_compute_chi_angles(structure):
+    from alphafold.model import all_atom_multimer, geometry
+
+    aa, xyz, am = template_batch(structure)
+
+    def ref_fn(aatype, pos, mask):  # template_embedding_1d's features
+        angles, masks = [], []
+        for i in range(aatype.shape[0]):
+            a, m = all_atom_multimer.compute_chi_angles(geometry.Vec3Array.from_array(pos[i]), mask[i], aatype[i])
+            angles.append(a), masks.append(m)
+        chi, chi_mask = jnp.stack(angles), jnp.stack(masks)
+        feats = jnp.concatenate([jax.nn.one_hot(aatype, 22), jnp.sin(chi) * chi_mask, jnp.cos(chi) * chi_mask,
+                                 chi_mask], axis=-1)
+        return chi, chi_mask, feats, chi_mask[:, :, 0]
+
+    chi, chi_mask, feats, row_mask = (np.asarray(x) for x in jax.jit(ref_fn)(aa, xyz, am))
+    with torch.inference_mode():
+        ours_chi, ours_mask = tf.chi_angles(as_tensor(aa), as_tensor(xyz), as_tensor(am))
+        ours_feats, ours_row_mask = tf.template_single_features(as_tensor(aa), as_tensor(xyz), as_tensor(am))
+    np.testing.assert_array_equal(ours_mask.numpy(), chi_mask)
+    np.testing.assert_array_equal(ours_row_mask.numpy(), row_mask)
+    assert 0 < chi_mask.sum() < chi_mask.size
+    assert not chi_mask[1, [3, 7, 9]].any()  # gap, no side chain, UNK
+    assert_close("chi angles (where defined)", ours_chi.numpy() * chi_mask, chi * chi_mask, 1e-5)
+    assert_close("template single features", ours_feats, feats, 1e-5)
+
+
+@needs_structure
+def test_unit_vectors_and_distogram_match_single_template_embedding(structure):
+    """The geometric pair features, as SingleTemplateEmbedding.construct_input computes them, jitted."""
+    from alphafold.model import folding_multimer, geometry, modules
+
+    aa, xyz, am = template_batch(structure)
+    _, _, multichain = pair_inputs()
+    dg = template_config().dgram_features
+
+    def ref_fn(aatype, pos, mask, multichain_mask_2d):
+        template_positions, pseudo_beta_mask = modules.pseudo_beta_fn(aatype, pos, mask)
+        pb_mask_2d = pseudo_beta_mask[:, None] * pseudo_beta_mask[None, :]
+        pb_mask_2d *= multichain_mask_2d
+        dgram = modules.dgram_from_positions(template_positions, **dg) * pb_mask_2d[..., None]
+        rigid, backbone_mask = folding_multimer.make_backbone_affine(geometry.Vec3Array.from_array(pos), mask, aatype)
+        unit = rigid[:, None].inverse().apply_to_point(rigid.translation).normalized()
+        bb_mask_2d = backbone_mask[:, None] * backbone_mask[None, :]
+        bb_mask_2d *= multichain_mask_2d
+        return dgram, pb_mask_2d, jnp.stack([unit.x, unit.y, unit.z], -1) * bb_mask_2d[..., None], bb_mask_2d
+
+    worst_uv = worst_native = 0.0
+    diagonal_junk = 0
+    for t in range(aa.shape[0]):
+        args = (aa[t], xyz[t], am[t])
+        dgram, pb_mask_2d, unit, bb_mask_2d = (np.asarray(x) for x in jax.jit(ref_fn)(*args, multichain))
+        eager_unit = np.asarray(ref_fn(*args, multichain)[2])
+        with torch.inference_mode():
+            pos, mask, mc = as_tensor(xyz[t]), as_tensor(am[t]), torch.from_numpy(multichain)
+            ours_dgram, ours_pb_mask = tf.pseudo_beta_distogram(as_tensor(aa[t]), pos, mask, mc, dg.num_bins,
+                                                                dg.min_bin, dg.max_bin)
+            ours_unit, ours_bb_mask = tf.colabfold_unit_vectors(pos, mask, mc)
+            native_unit, native_bb_mask = tf.backbone_unit_vectors(pos, mask, mc)
+        np.testing.assert_array_equal(ours_dgram.numpy(), dgram)
+        np.testing.assert_array_equal(ours_pb_mask.numpy(), pb_mask_2d)
+        np.testing.assert_array_equal(ours_bb_mask.numpy(), bb_mask_2d)
+        np.testing.assert_array_equal(native_bb_mask.numpy(), bb_mask_2d)
+        worst_uv = max(worst_uv, float(np.abs(ours_unit.numpy() - unit).max()))
+        # The torch version of the same algebra: eager JAX to rounding; jitted JAX off the diagonal.
+        off = ~np.eye(N_RES, dtype=bool)
+        assert_close(f"unit vectors (torch) vs eager[{t}]", native_unit, eager_unit, 1e-5)
+        worst_native = max(worst_native, float(np.abs(native_unit.numpy() - unit)[off].max()))
+        assert not np.diagonal(native_unit.numpy(), axis1=0, axis2=1).any()
+        diagonal_junk += int(np.abs(np.diagonal(unit, axis1=0, axis2=1)).max(axis=0).__gt__(0.1).sum())
+    print(f"unit vectors (jitted ColabFold) vs jitted haiku: max|d|={worst_uv:.3e}; torch off the diagonal: "
+          f"max|d|={worst_native:.3e}; residues whose jitted self-vector has length > 0.1: {diagonal_junk}")
+    assert worst_uv < 1e-6  # both jitted: the same self-vectors (XLA rounds each graph its own way, to 1 ulp)
+    assert worst_native < 1e-5
+    assert not bb_mask_2d.any()  # the last (padding) template has no backbone
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def test_template_embedding_iteration():
+    cfg, gc = template_config(), multimer_global_config()
+    rng = np.random.default_rng(1)
+    act = rng.normal(size=(N_RES, N_RES, C_T)).astype(np.float32)
+    _, pair_mask, _ = pair_inputs()
+    pair_mask[0, 3] = 0.0  # an asymmetric hole
+
+    def build(a, pm):
+        return modules_multimer.TemplateEmbeddingIteration(cfg.template_pair_stack, gc)(a, pm, is_training=False)
+
+    flat, ref = haiku_reference(build, act, pair_mask)
+    out = run_torch(TemplateEmbeddingIteration(cfg.template_pair_stack, C_T), flat, "template_embedding_iteration",
+                    act, pair_mask)
+    assert_close("template_embedding_iteration", out, ref, REL_TOL)
+
+
+@needs_structure
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_single_template_embedding(structure, which):
+    from alphafold.model import prng
+
+    cfg, gc = template_config(), multimer_global_config()
+    aa, xyz, am = template_batch(structure)
+    query, pair_mask, multichain = pair_inputs()
+
+    def build(q, a, p, m, pm, mc):
+        return modules_multimer.SingleTemplateEmbedding(cfg, gc)(q, a, p, m, pm, mc, is_training=False,
+                                                                 safe_key=prng.SafeKey(hk.next_rng_key()))
+
+    flat, ref = haiku_reference(build, query, aa[which], xyz[which], am[which], pair_mask, multichain)
+    module = SingleTemplateEmbedding(cfg, C_Z)
+    assert len(module.template_embedding_iteration) == 2
+    out = run_torch(module, flat, "single_template_embedding", query, aa[which], xyz[which], am[which],
+                    pair_mask, multichain)
+    assert_close(f"single_template_embedding[{which}]", out, ref, REL_TOL)
+
+
+def _haiku_template_embedding(structure, num_templates, mask_dtype):
+    cfg, gc = template_config(), multimer_global_config()
+    aa, xyz, am = template_batch(structure, num_templates)
+    query, pair_mask, multichain = pair_inputs()
+    if mask_dtype == "float":
+        multichain = multichain.astype(np.float32)
+
+    def build(q, a, p, m, pm, mc):
+        batch = {"template_aatype": a, "template_all_atom_positions": p, "template_all_atom_mask": m}
+        return modules_multimer.TemplateEmbedding(cfg, gc)(q, batch, pm, mc, is_training=False)
+
+    flat, ref = haiku_reference(build, query, aa, xyz, am, pair_mask, multichain)
+    return cfg, flat, ref, (query, aa, xyz, am, pair_mask, multichain)
+
+
+@pytest.fixture(scope="module")
+def four_templates(structure):
+    """Two chains, a padded residue, a damaged template and two identical empty ones."""
+    return _haiku_template_embedding(structure, 4, "bool")
+
+
+@needs_structure
+def test_template_embedding(four_templates):
+    cfg, flat, ref, inputs = four_templates
+    assert "template_embedding/output_linear//weights" in flat
+    out = run_torch(TemplateEmbedding(cfg, C_Z), flat, "template_embedding", *inputs)
+    assert_close("template_embedding[T=4, bool multichain mask]", out, ref, REL_TOL)
+    assert np.abs(np.asarray(ref)).max() > 0.1
+
+
+@needs_structure
+def test_template_embedding_two_templates_float_mask(structure):
+    cfg, flat, ref, inputs = _haiku_template_embedding(structure, 2, "float")
+    out = run_torch(TemplateEmbedding(cfg, C_Z), flat, "template_embedding", *inputs)
+    assert_close("template_embedding[T=2, float multichain mask]", out, ref, REL_TOL)
+
+
+@needs_structure
+def test_template_embedding_in_row_slices(four_templates):
+    """Small slices (the feature construction, attention and transitions run row by row): the same numbers."""
+    from af2cpu_plugin.engine.policy import RuntimePolicy
+
+    cfg, flat, ref, inputs = four_templates
+    with RuntimePolicy(subbatch_size=3).active():
+        out = run_torch(TemplateEmbedding(cfg, C_Z), flat, "template_embedding", *inputs)
+    assert_close("template_embedding[T=4, subbatch_size=3]", out, ref, REL_TOL)
+
+
+@needs_structure
+def test_template_embedding_bf16_policy(four_templates):
+    """Under a bf16 policy, in the trunk's bf16 region: runs, bf16 out, near the fp32 result."""
+    from af2cpu_plugin.engine.policy import RuntimePolicy, trunk_precision
+
+    cfg, flat, ref, inputs = four_templates
+    with RuntimePolicy(precision="bf16").active(), trunk_precision():
+        out = run_torch(TemplateEmbedding(cfg, C_Z), flat, "template_embedding", *inputs)
+    assert out.dtype == torch.bfloat16
+    assert_close("template_embedding[T=4, bf16 policy]", out.float(), ref, 5e-2)
+
+
+class _Evoformer(hk.Module):
+    """An ``evoformer`` scope, as in the model, for template_embedding_1d's flat Linears."""
+
+    def __init__(self):
+        super().__init__(name="evoformer")
+
+    def __call__(self, aatype, pos, mask, num_channel, gc):
+        batch = {"template_aatype": aatype, "template_all_atom_positions": pos, "template_all_atom_mask": mask}
+        return modules_multimer.template_embedding_1d(batch, num_channel, gc)
+
+
+@needs_structure
+def test_template_embedding_1d(structure):
+    gc = multimer_global_config()
+    aa, xyz, am = template_batch(structure)
+    flat, (ref_act, ref_mask) = haiku_reference(lambda a, p, m: _Evoformer()(a, p, m, C_M, gc), aa, xyz, am)
+    assert set(k.split("//")[0] for k in flat) == {"evoformer/template_single_embedding",
+                                                   "evoformer/template_projection"}
+    module = TemplateSingleEmbedding(C_M)
+    act, mask = run_torch(module, flat, "evoformer", aa, xyz, am)
+    assert_close("template_embedding_1d activations", act, ref_act, REL_TOL)
+    np.testing.assert_array_equal(mask.numpy(), np.asarray(ref_mask))
+    assert 0 < np.asarray(ref_mask).sum() < ref_mask.size
+
+
+# --------------------------------------------------------------------------- full-size params
+
+
+def test_expected_params_match_full_multimer_v3():
+    """Every haiku key and shape of the real multimer v3 template modules (fused tri-mult)."""
+    from alphafold.model import config
+
+    cfg = config.model_config("model_1_multimer_v3").model
+    gc = multimer_global_config()
+    c = cfg.embeddings_and_evoformer
+    assert c.template.template_pair_stack.triangle_multiplication_outgoing.fuse_projection_weights
+    num_res, num_templates = 3, 1
+
+    class Evoformer(hk.Module):
+        def __init__(self):
+            super().__init__(name="evoformer")
+
+        def __call__(self, q, a, p, m, pm, mc):
+            batch = {"template_aatype": a, "template_all_atom_positions": p, "template_all_atom_mask": m}
+            pair = modules_multimer.TemplateEmbedding(c.template, gc)(q, batch, pm, mc, is_training=False)
+            rows = modules_multimer.template_embedding_1d(batch, c.msa_channel, gc)
+            return pair, rows
+
+    args = (np.zeros((num_res, num_res, c.pair_channel), np.float32), np.zeros((num_templates, num_res), np.int32),
+            np.zeros((num_templates, num_res, 37, 3), np.float32), np.zeros((num_templates, num_res, 37), np.float32),
+            np.ones((num_res, num_res), np.float32), np.ones((num_res, num_res), bool))
+    fn = hk.transform(lambda *x: Evoformer()(*x))
+    shapes = jax.eval_shape(lambda: fn.init(jax.random.PRNGKey(0), *args))
+    want = {f"{scope}//{name}": tuple(v.shape) for scope, d in shapes.items() for name, v in d.items()}
+
+    ours = expected_params(TemplateEmbedding(c.template, c.pair_channel), root="evoformer/template_embedding")
+    ours.update(expected_params(TemplateSingleEmbedding(c.msa_channel), root="evoformer"))
+    assert sorted(set(want) - set(ours)) == []
+    assert sorted(set(ours) - set(want)) == []
+    assert {k: v for k, v in ours.items() if want[k] != v} == {}
+    assert want["evoformer/template_embedding/single_template_embedding/template_pair_embedding_1//weights"] == (64,)
+    assert len(want) == 78, len(want)
