@@ -10,6 +10,8 @@ position-shared terms swamp the pair track and PAE/pLDDT collapse to one value.
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Dict, Mapping
 
 import numpy as np
@@ -111,6 +113,10 @@ def random_init_config(model_type: str, model_number: int):
     cfg.model.calc_extended_ptm = False
     cfg.model.use_probs_extended = False
     evo = cfg.model.embeddings_and_evoformer
+    if model_type in MULTIMER_MODEL_TYPES:
+        # The MSA budgets only size activations, never params: one value per type lets all five
+        # models share one traced init (v3 models 4 and 5 differ from 1-3 only here).
+        evo.num_msa, evo.num_extra_msa = 508, 2048
     fused = model_type == "alphafold2_multimer_v3"
     for stack in (evo.evoformer, evo.template.template_pair_stack):
         stack.triangle_multiplication_incoming.fuse_projection_weights = fused
@@ -207,30 +213,41 @@ def make_random_params(model_type: str, model_number: int, seed: int = 0) -> Dic
     embedding arrays, all multimer models do; the non-pTM ``alphafold2``
     models lack the predicted_aligned_error head.
     """
+    import jax
+
+    cfg = random_init_config(model_type, model_number)
+    init, batch = _jitted_init(model_type, cfg.model.to_json_best_effort(sort_keys=True))
+    s = model_seed(model_type, model_number, seed)
+    params = init(jax.random.PRNGKey(s), batch)
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+    return perturb_constant_arrays(flat, seed=s)
+
+
+@functools.lru_cache(maxsize=4)
+def _jitted_init(model_type: str, model_config_json: str):
+    """haiku's init of the model, jitted once per distinct config (tracing the full model is most of
+    the cost: models whose configs are equal, e.g. multimer v3 models 1-3, share one compile)."""
     import os
 
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import haiku as hk
     import jax
+    import ml_collections
     from alphafold.model import modules, modules_multimer
 
-    cfg = random_init_config(model_type, model_number)
+    model_cfg = ml_collections.ConfigDict(json.loads(model_config_json))
     if model_type in MULTIMER_MODEL_TYPES:
         batch = _dummy_multimer_batch()
 
         def forward(b):
-            return modules_multimer.AlphaFold(cfg.model)(dict(b), is_training=False)
+            return modules_multimer.AlphaFold(model_cfg)(dict(b), is_training=False)
     else:
-        batch = _dummy_batch(cfg.model.embeddings_and_evoformer.template.enabled)
+        batch = _dummy_batch(model_cfg.embeddings_and_evoformer.template.enabled)
 
         def forward(b):
-            return modules.AlphaFold_noE(cfg.model)(b, is_training=False)
+            return modules.AlphaFold_noE(model_cfg)(b, is_training=False)
 
-    s = model_seed(model_type, model_number, seed)
-    init = jax.jit(hk.transform(forward).init)
-    params = init(jax.random.PRNGKey(s), batch)
-    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
-    return perturb_constant_arrays(flat, seed=s)
+    return jax.jit(hk.transform(forward).init), batch
 
 
 def save_npz_atomically(path, arrays: Mapping[str, np.ndarray]) -> None:
