@@ -52,17 +52,20 @@ def _child(engine: str, case: str, passes: int, cpus: list, data: str, count_flo
     from af2cpu_plugin.cli import _setup_environment
 
     _setup_environment()  # what `af2cpu batch` sets before torch or jax load
-    from bench.cases import case_features
+    from bench.cases import case_features, case_model
+    from af2cpu_plugin.hooks.colabfold_seam import params_path
 
     cfg, feat = case_features(case, passes)
-    npz = Path(data) / "params" / "params_model_3_ptm.npz"
+    model_type, model_number = case_model(case)
+    multimer = "multimer" in model_type
+    npz = params_path(data, model_type, model_number)
     flops = None
     if engine.startswith("jax"):
         from alphafold.model import model as af_model
         from colabfold.alphafold.models import get_model_haiku_params
 
         cfg.model.global_config.bfloat16 = engine == "jax"
-        runner = af_model.RunModel(cfg, get_model_haiku_params(data, "alphafold2_ptm", "3", use_fuse=True))
+        runner = af_model.RunModel(cfg, get_model_haiku_params(data, model_type, str(model_number), use_fuse=True))
     else:
         import torch
 
@@ -87,12 +90,20 @@ def _child(engine: str, case: str, passes: int, cpus: list, data: str, count_flo
         from bench.flops import MatmulFlops
         from af2cpu_plugin.runner import zero_prev
 
-        sub = {k: v[0] for k, v in feat.items()}
+        from af2cpu_plugin.engine.multimer import rng
+
+        sub = {**feat, "random_key": rng.pass_keys(0, 1)[0]} if multimer else {k: v[0] for k, v in feat.items()}
         with MatmulFlops() as counter:
-            runner.forward_pass(sub, zero_prev(feat["aatype"].shape[1]))
+            runner.forward_pass(sub, zero_prev(feat["aatype"].shape[0 if multimer else 1]))
         flops = counter.total
-    return {"engine": engine, "case": case, "length": int(feat["aatype"].shape[1]),
-            "msa_clusters": int(feat["msa_feat"].shape[1]), "extra_msa": int(feat["extra_msa"].shape[1]),
+    if multimer:
+        rows = int(feat["msa"].shape[0])
+        length, clusters, extra = int(feat["aatype"].shape[0]), min(rows, 508), max(0, min(rows - 508, 2048))
+    else:
+        length = int(feat["aatype"].shape[1])
+        clusters, extra = int(feat["msa_feat"].shape[1]), int(feat["extra_msa"].shape[1])
+    return {"engine": engine, "case": case, "model": npz.stem.replace("params_", ""), "length": length,
+            "msa_clusters": clusters, "extra_msa": extra,
             "first_pass_s": times[0], "warm_pass_s": statistics.median(times[1:]) if len(times) > 1 else None,
             "passes_s": times, "peak_rss_gib": rss, "cpus": cpus, "matmul_flops": flops,
             "kernels": None if engine.startswith("jax") else policy.kernels}
@@ -202,7 +213,10 @@ def main(argv=None) -> int:
     from af2cpu_plugin.testing.params_cache import test_cache_root
 
     data = a.data or test_cache_root() / "bench-data"
-    write_random_params(data, "alphafold2_ptm", models=(3,), seed=0)
+    from bench.cases import case_model
+
+    for model_type, model_number in sorted({case_model(c) for c in a.cases.split(",") if c}):
+        write_random_params(data, model_type, models=(model_number,), seed=0)
     cpus = sorted(os.sched_getaffinity(0))[: a.threads]
     peak = _run_child(Path(sys.executable), {"peak": True, "cpus": cpus})
     print(f"CPU: {peak['cpu']}\ntorch {peak['torch']}; {len(cpus)} threads on CPUs {cpus}; oneDNN GEMM peak: "

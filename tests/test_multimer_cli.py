@@ -2,8 +2,8 @@
 
 As tests/test_end_to_end_cli.py, each run is a subprocess through ColabFold's
 pipeline (single sequence or a complex a3m, offline). The default suite folds
-one heteromer on ``--backend cpu`` with ``--model-type auto`` (the refusal is
-gone: auto picks multimer v3 for ``A:B``); the ``heavy`` ones compare with
+one heteromer on ``--backend cpu`` with ``--model-type auto`` (auto picks
+multimer v3 for ``A:B``) and one chain with a multimer model; the ``heavy`` ones compare with
 ColabFold's own JAX run: the same file set, the same ranking, close scores
 (ipTM, ipSAE, pDockQ, actifpTM), and Amber relax of the complex.
 """
@@ -78,6 +78,17 @@ def test_heteromer_on_cpu_with_model_type_auto(tmp_path, data_dir):
     pdb = next(out.glob("het_unrelaxed_rank_001_alphafold2_multimer_v3_model_*_seed_000.pdb")).read_text()
     chains = {line[21] for line in pdb.splitlines() if line.startswith("ATOM")}
     assert chains == {"A", "B"}
+
+
+def test_multimer_model_on_a_single_chain(tmp_path, data_dir):
+    """A multimer model type on one chain runs as ColabFold runs it: a monomer's outputs, no ipTM."""
+    query = write_fasta(tmp_path, "one", CHAIN_A)
+    out = tmp_path / "out"
+    af2cpu("--backend", "cpu", "--model-type", "alphafold2_multimer_v3", "--msa-mode", "single_sequence",
+           "--data", str(data_dir), "--num-models", "1", "--num-recycle", "0", str(query), str(out))
+    s = scores(out, "one")
+    assert len(s["plddt"]) == len(CHAIN_A) and "ptm" in s and "iptm" not in s
+    assert next(out.glob("one_unrelaxed_rank_001_alphafold2_multimer_v3_model_*_seed_000.pdb"))
 
 
 @pytest.mark.heavy

@@ -1,14 +1,18 @@
 """AlphaFold-Multimer template embedding against ColabFold's haiku originals
 (modules_multimer.TemplateEmbedding, SingleTemplateEmbedding, TemplateEmbeddingIteration,
-template_embedding_1d), fp32, reduced sizes; and the full-size multimer v3 parameter set."""
+template_embedding_1d), fp32, reduced sizes; and the full-size multimer v3 parameter set.
+
+The templates are built here, with no data files: random two-chain sequences
+placed with AlphaFold's idealized geometry (a chain grown from φ/ψ/ω by the
+residue tables' bond lengths and angles, side chains from random rotamer-like
+χ through the engine's torsion_angles_to_frames and literature positions),
+then noised and damaged as real templates are."""
 
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,10 +28,6 @@ hk = pytest.importorskip("haiku")
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 modules_multimer = pytest.importorskip("alphafold.model.modules_multimer")
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "colabfold-test-data"
-PDB = SHARED / "ERR550519_2213899_unrelaxed_model_1.pdb"
-needs_structure = pytest.mark.skipif(not PDB.exists(), reason="colabfold test data not available")
 
 N_RES, C_Z, C_M, C_T = 11, 12, 10, 8
 CHAIN_A = 6  # residues [0, 6) are chain A, [6, 11) chain B
@@ -74,26 +74,123 @@ def run_torch(module, flat, root, *inputs):
                         else torch.from_numpy(x) for x in inputs])
 
 
+# --------------------------------------------------------------------------- synthetic templates
+
+
+def _unit(v):
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _place(a, b, c, bond, angle, torsion):
+    """NeRF: the atom d with |cd| = bond, angle bcd = angle and dihedral abcd = torsion (radians)."""
+    bc = _unit(c - b)
+    n = _unit(np.cross(b - a, bc))
+    m = np.cross(n, bc)
+    return c + bond * (-np.cos(angle) * bc + np.sin(angle) * (np.cos(torsion) * m + np.sin(torsion) * n))
+
+
+def _random_rotation(rng):
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+_HELIX, _STRAND = (-63.0, -43.0), (-120.0, 130.0)  # (φ, ψ) in degrees
+
+
+def ideal_chain(aatype, rng, chain_starts=()):
+    """atom37 positions [R, 37, 3] and mask [R, 37] of ``aatype`` in AlphaFold's idealized geometry.
+
+    The backbone grows residue by residue (NeRF) from φ/ψ near α-helix or
+    β-strand values in runs of three, ω near 180°, the inter-residue C-N bond
+    and angles of ``residue_constants`` and each residue's own N-CA, CA-C and
+    N-CA-C from its literature positions, so the backbone frames reproduce
+    N, CA, C. Each residue in ``chain_starts`` begins a new chain, in a random
+    frame about 12 Å from the chain so far. The engine's
+    ``torsion_angles_to_frames`` and ``frames_and_literature_positions_to_atom14_pos``
+    then place O (from ψ) and the side chains (χ near -60°, 60° or 180°), and
+    ``atom14_to_atom37`` scatters them. Coordinates are offset from the
+    origin, as a PDB's are. Also returns the backbone [R, 3 (N, CA, C), 3]
+    and the χ [R, 4] used, to check the build.
+    """
+    from alphafold.common import residue_constants as rc
+
+    from af2cpu_plugin.engine import all_atom
+    from af2cpu_plugin.engine.geometry import Rigids
+
+    aatype = np.asarray(aatype)
+    n = len(aatype)
+    lit = rc.restype_atom14_rigid_group_positions  # [21, 14, 3]: N, CA (origin), C, ... in the backbone frame
+    c_n = np.where(aatype == rc.restype_order["P"], *rc.between_res_bond_length_c_n[::-1])  # Pro's C-N is longer
+    ca_c_n = np.arccos(rc.between_res_cos_angles_ca_c_n[0])
+    c_n_ca = np.arccos(rc.between_res_cos_angles_c_n_ca[0])
+    helix = np.repeat(rng.random(n // 3 + 1) < 0.5, 3)[:n]
+    phi, psi = np.deg2rad(np.where(helix[:, None], _HELIX, _STRAND) + rng.normal(scale=12.0, size=(n, 2))).T
+    omega = np.deg2rad(180.0 + rng.normal(scale=5.0, size=n))
+    chi = np.deg2rad(rng.choice([-60.0, 60.0, 180.0], size=(n, 4)) + rng.normal(scale=15.0, size=(n, 4)))
+
+    bb = np.zeros((n, 3, 3))
+    for i in range(n):
+        lit_n, lit_c = lit[aatype[i], 0], lit[aatype[i], 2]
+        if i == 0 or i in chain_starts:
+            origin = rng.normal(scale=10.0, size=3) if i == 0 else bb[:i, 1].mean(0) + 12.0 * _unit(rng.normal(size=3))
+            bb[i] = origin + lit[aatype[i], :3] @ _random_rotation(rng).T
+            continue
+        n_prev, ca_prev, c_prev = bb[i - 1]
+        atom_n = _place(n_prev, ca_prev, c_prev, c_n[i], ca_c_n, psi[i - 1])
+        atom_ca = _place(ca_prev, c_prev, atom_n, np.linalg.norm(lit_n), c_n_ca, omega[i])
+        n_ca_c = np.arccos(np.dot(_unit(lit_n), _unit(lit_c)))
+        bb[i] = atom_n, atom_ca, _place(c_prev, atom_n, atom_ca, np.linalg.norm(lit_c), n_ca_c, phi[i])
+
+    # The backbone frames (r3's convention: x along CA->C, N in the xy-plane), then the atoms.
+    e0 = _unit(bb[:, 2] - bb[:, 1])
+    e1 = bb[:, 0] - bb[:, 1]
+    e1 = _unit(e1 - np.sum(e1 * e0, -1, keepdims=True) * e0)
+    rot = np.stack([e0, e1, np.cross(e0, e1)], axis=-1)
+    torsions = np.stack([omega, phi, psi, *chi.T], axis=-1)
+    sin_cos = np.stack([np.sin(torsions), np.cos(torsions)], axis=-1)
+    aa = torch.from_numpy(aatype.astype(np.int64))
+    with torch.inference_mode():
+        backbone = Rigids(torch.tensor(rot, dtype=torch.float32), torch.tensor(bb[:, 1], dtype=torch.float32))
+        frames = all_atom.torsion_angles_to_frames(aa, backbone, torch.tensor(sin_cos, dtype=torch.float32))
+        atom14 = all_atom.frames_and_literature_positions_to_atom14_pos(aa, frames)
+        masks = all_atom.make_atom14_masks(aa)
+        pos = all_atom.atom14_to_atom37(atom14, masks["residx_atom37_to_atom14"], masks["atom37_atom_exists"])
+    return pos.numpy(), masks["atom37_atom_exists"].numpy(), bb, chi
+
+
 @pytest.fixture(scope="module")
 def structure():
-    from alphafold.common import protein
+    """Two synthetic two-chain templates (chains A and B as in :func:`pair_inputs`): aatype [2, R],
+    atom37 positions [2, R, 37, 3] and mask [2, R, 37], plus the backbones and χ they were built from.
 
-    prot = protein.from_pdb_string(PDB.read_text())
-    return (prot.aatype.astype(np.int32), prot.atom_positions.astype(np.float32),
-            prot.atom_mask.astype(np.float32))
+    The two sequences hold all 20 residue types; template 1's residues 7 and 8,
+    which :func:`template_batch` strips, have a side chain beyond Cβ (7) and a
+    Cγ that χ1 runs through (8).
+    """
+    from alphafold.common import residue_constants as rc
+
+    rng = np.random.default_rng(2024)
+    seq = np.concatenate([rng.permutation(20), rng.integers(0, 20, size=2 * N_RES - 20)])
+    for slot, letters in ((N_RES + 7, "KR"), (N_RES + 8, "MLEQ")):
+        j = np.flatnonzero(np.isin(seq, [rc.restype_order[x] for x in letters]))[0]
+        seq[[slot, j]] = seq[[j, slot]]
+    seq = seq.reshape(2, N_RES).astype(np.int32)
+    built = [ideal_chain(a, rng, chain_starts=(CHAIN_A,)) for a in seq]
+    pos, mask, bb, chi = (np.stack(x) for x in zip(*built))
+    return seq, pos.astype(np.float32), mask.astype(np.float32), bb, chi
 
 
-def template_batch(structure, num_templates=4, start=20):
-    """Templates cut from the test structure (with noise): a complete one, one with a
+def template_batch(structure, num_templates=4):
+    """Templates from the synthetic structures (with noise): a complete one, one with a
     gap residue, a residue without CA (degenerate frame), one without CB and side
     chain, a missing side-chain atom and an UNK, and empty padding templates
     (aatype 0, no atoms: two identical ones when num_templates is 4)."""
-    aatype, pos, mask = structure
+    aatype, pos, mask = structure[:3]
     rng = np.random.default_rng(0)
     aa, xyz, am = [], [], []
     for i in range(num_templates):
-        s = start + 17 * i
-        a, p, m = aatype[s:s + N_RES].copy(), pos[s:s + N_RES].copy(), mask[s:s + N_RES].copy()
+        a, p, m = aatype[min(i, 1)].copy(), pos[min(i, 1)].copy(), mask[min(i, 1)].copy()
         p = p + rng.normal(scale=0.3, size=p.shape).astype(np.float32)
         if i == 1:
             m[3] = 0.0
@@ -123,7 +220,34 @@ def pair_inputs(seed=0, c=C_Z):
 # --------------------------------------------------------------------------- features
 
 
-@needs_structure
+def test_synthetic_templates_are_protein_like(structure):
+    """The test's own templates: the atoms reproduce the backbone and χ they were built from
+    (AlphaFold's compute_chi_angles, modulo 2π), with protein bond geometry."""
+    from alphafold.common import residue_constants as rc
+    from alphafold.model import all_atom_multimer, geometry
+
+    aatype, pos, mask, bb, chi = structure
+    assert sorted(set(aatype.ravel().tolist())) == list(range(20))
+    assert np.abs(pos[..., :3, :] - bb).max() < 1e-4
+    assert 1.0 < np.abs(pos).max() < 60.0
+    for t in range(aatype.shape[0]):
+        np.testing.assert_array_equal(mask[t], np.asarray(rc.STANDARD_ATOM_MASK)[aatype[t]])
+        ours, chi_mask = (np.asarray(x) for x in all_atom_multimer.compute_chi_angles(
+            geometry.Vec3Array.from_array(pos[t]), mask[t], aatype[t]))
+        wrapped = ((ours - chi[t] + np.pi) % (2 * np.pi) - np.pi) * chi_mask
+        assert np.abs(wrapped).max() < 1e-4, np.abs(wrapped).max()
+        ca, bonded = pos[t, :, 1], np.arange(N_RES - 1) != CHAIN_A - 1
+        ca_ca = np.linalg.norm(ca[1:] - ca[:-1], axis=-1)
+        np.testing.assert_allclose(ca_ca[bonded], 3.8, atol=0.05)  # trans peptides
+        assert ca_ca[~bonded].min() > 6.0  # the chain break between A and B
+        c_n = np.linalg.norm(pos[t, 1:, 0] - pos[t, :-1, 2], axis=-1)[bonded]
+        np.testing.assert_allclose(c_n, 1.33, atol=0.02)
+        o_n = np.linalg.norm(pos[t, 1:, 0] - pos[t, :-1, 4], axis=-1)[bonded]
+        np.testing.assert_allclose(o_n, 2.25, atol=0.05)  # O trans to the next N: ψ in AlphaFold's convention
+        d = np.linalg.norm(ca[:, None] - ca[None, :], axis=-1)
+        assert d[np.triu_indices(N_RES, 2)].min() > 4.0  # no CA clashes
+
+
 def test_chi_features_match_compute_chi_angles(structure):
     from alphafold.model import all_atom_multimer, geometry
 
@@ -146,12 +270,11 @@ def test_chi_features_match_compute_chi_angles(structure):
     np.testing.assert_array_equal(ours_mask.numpy(), chi_mask)
     np.testing.assert_array_equal(ours_row_mask.numpy(), row_mask)
     assert 0 < chi_mask.sum() < chi_mask.size
-    assert not chi_mask[1, [3, 7, 9]].any()  # gap, no side chain, UNK
+    assert not chi_mask[1, [3, 7, 8, 9]].any()  # gap, no side chain, no CG, UNK
     assert_close("chi angles (where defined)", ours_chi.numpy() * chi_mask, chi * chi_mask, 1e-5)
     assert_close("template single features", ours_feats, feats, 1e-5)
 
 
-@needs_structure
 def test_unit_vectors_and_distogram_match_single_template_embedding(structure):
     """The geometric pair features, as SingleTemplateEmbedding.construct_input computes them, jitted."""
     from alphafold.model import folding_multimer, geometry, modules
@@ -220,7 +343,6 @@ def test_template_embedding_iteration():
     assert_close("template_embedding_iteration", out, ref, REL_TOL)
 
 
-@needs_structure
 @pytest.mark.parametrize("which", [0, 1, 2])
 def test_single_template_embedding(structure, which):
     from alphafold.model import prng
@@ -262,7 +384,6 @@ def four_templates(structure):
     return _haiku_template_embedding(structure, 4, "bool")
 
 
-@needs_structure
 def test_template_embedding(four_templates):
     cfg, flat, ref, inputs = four_templates
     assert "template_embedding/output_linear//weights" in flat
@@ -271,14 +392,12 @@ def test_template_embedding(four_templates):
     assert np.abs(np.asarray(ref)).max() > 0.1
 
 
-@needs_structure
 def test_template_embedding_two_templates_float_mask(structure):
     cfg, flat, ref, inputs = _haiku_template_embedding(structure, 2, "float")
     out = run_torch(TemplateEmbedding(cfg, C_Z), flat, "template_embedding", *inputs)
     assert_close("template_embedding[T=2, float multichain mask]", out, ref, REL_TOL)
 
 
-@needs_structure
 def test_template_embedding_in_row_slices(four_templates):
     """Small slices (the feature construction, attention and transitions run row by row): the same numbers."""
     from af2cpu_plugin.engine.policy import RuntimePolicy
@@ -289,7 +408,6 @@ def test_template_embedding_in_row_slices(four_templates):
     assert_close("template_embedding[T=4, subbatch_size=3]", out, ref, REL_TOL)
 
 
-@needs_structure
 def test_template_embedding_bf16_policy(four_templates):
     """Under a bf16 policy, in the trunk's bf16 region: runs, bf16 out, near the fp32 result."""
     from af2cpu_plugin.engine.policy import RuntimePolicy, trunk_precision
@@ -312,7 +430,6 @@ class _Evoformer(hk.Module):
         return modules_multimer.template_embedding_1d(batch, num_channel, gc)
 
 
-@needs_structure
 def test_template_embedding_1d(structure):
     gc = multimer_global_config()
     aa, xyz, am = template_batch(structure)
