@@ -190,7 +190,9 @@ def complex_chains(kind):
     return [(query, 2, a3m)]
 
 
-@pytest.fixture(scope="module", params=["heteromer", "homodimer"])
+# The homodimer repeats the heteromer's path with one entity in two copies (sym_id, entity_id: checked on their
+# own by test_relative_chain_encoding_matches_haiku); it is in the heavy set to keep the default suite lean.
+@pytest.fixture(scope="module", params=["heteromer", pytest.param("homodimer", marks=pytest.mark.heavy)])
 def multimer_case(request):
     cfg = parity.colabfold_config(MODEL, **REDUCED)
     feat = parity.multimer_features(complex_chains(request.param), max_seq=REDUCED["max_seq"])
