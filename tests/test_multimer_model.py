@@ -22,7 +22,7 @@ from af2cpu_plugin.engine.multimer.embeddings import RelativeChainEncoding
 from af2cpu_plugin.engine.multimer.msa_sampling import sample_msa_features
 from af2cpu_plugin.engine.params import bind_params
 from af2cpu_plugin.testing import parity
-from af2cpu_plugin.testing.oracle import haiku_reference, max_mean_abs
+from af2cpu_plugin.testing.oracle import fp32_multimer_global_config, haiku_reference, max_mean_abs
 
 DATA = Path(__file__).parent / "data"
 MODEL = "model_1_multimer_v3"
@@ -37,15 +37,6 @@ def multimer_evo_config(**overrides):
         evo[k] = v
     return evo
 
-
-def multimer_global_config():
-    from alphafold.model import config
-
-    gc = copy.deepcopy(config.model_config(MODEL).model.global_config)
-    gc.bfloat16 = False
-    gc.zero_init = False
-    gc.eval_dropout = False
-    return gc
 
 
 # ---------------------------------------------------------------------------
@@ -156,7 +147,7 @@ def test_relative_chain_encoding_matches_haiku():
         "entity_id": np.concatenate([np.full(n, e) for n, e in zip(lengths, entity)]).astype(np.float32),
         "sym_id": np.concatenate([np.full(n, s) for n, s in zip(lengths, sym)]).astype(np.float32),
     }
-    gc = multimer_global_config()
+    gc = fp32_multimer_global_config()
 
     def build(b):
         return modules_multimer.EmbeddingsAndEvoformer(evo, gc)._relative_encoding(b)

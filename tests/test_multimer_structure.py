@@ -26,23 +26,12 @@ from af2cpu_plugin.engine.multimer.structure import (
 )
 from af2cpu_plugin.engine.params import bind_params, expected_params
 from af2cpu_plugin.engine.policy import RuntimePolicy
-from af2cpu_plugin.testing.oracle import haiku_reference, max_mean_abs
+from af2cpu_plugin.testing.oracle import fp32_multimer_global_config, haiku_reference, max_mean_abs
 
 L = 13
 SINGLE, PAIR = 24, 8  # single != num_channel, so the two sidechain input projections differ in shape
 MODEL = "model_1_multimer_v3"
 
-
-def multimer_global_config():
-    """The multimer global config, fp32 and non-zero-init (as oracle.fp32_global_config for the monomer)."""
-    from alphafold.model import config
-
-    gc = copy.deepcopy(config.model_config(MODEL).model.global_config)
-    gc.multimer_mode = True
-    gc.bfloat16 = False
-    gc.zero_init = False
-    gc.eval_dropout = False
-    return gc
 
 
 def reduced_config():
@@ -104,7 +93,7 @@ def test_quat_rigid_composition_matches_haiku():
     """QuatRigid's rigid and ``rigid @ rigid_update`` (Alg. 23)."""
     from alphafold.model import folding_multimer
 
-    gc = multimer_global_config()
+    gc = fp32_multimer_global_config()
     rng = np.random.default_rng(1)
     act = rng.normal(size=(L, 32)).astype(np.float32)
     quat, trans = random_rigids_np(rng)
@@ -127,7 +116,7 @@ def test_quat_rigid_composition_matches_haiku():
 def test_invariant_point_attention_matches_haiku():
     from alphafold.model import folding_multimer
 
-    cfg, gc = reduced_config(), multimer_global_config()
+    cfg, gc = reduced_config(), fp32_multimer_global_config()
     rng = np.random.default_rng(2)
     inputs_1d = rng.normal(size=(L, cfg.num_channel)).astype(np.float32)
     inputs_2d = rng.normal(size=(L, L, PAIR)).astype(np.float32)
@@ -189,7 +178,7 @@ def test_all_atom_functions_match_all_atom_multimer():
 def structure_module_case():
     from alphafold.model import folding_multimer
 
-    cfg, gc = reduced_config(), multimer_global_config()
+    cfg, gc = reduced_config(), fp32_multimer_global_config()
     rng = np.random.default_rng(4)
     single = rng.normal(size=(L, SINGLE)).astype(np.float32)
     pair = rng.normal(size=(L, L, PAIR)).astype(np.float32)
@@ -241,7 +230,7 @@ def test_full_config_param_shapes_match_haiku():
     from alphafold.model import config, folding_multimer
 
     cfg = config.model_config(MODEL).model
-    sm_cfg, gc = cfg.heads.structure_module, multimer_global_config()
+    sm_cfg, gc = cfg.heads.structure_module, fp32_multimer_global_config()
     c_s, c_z = cfg.embeddings_and_evoformer.seq_channel, cfg.embeddings_and_evoformer.pair_channel
     n = 4
     batch = {"seq_mask": np.ones(n, np.float32), "aatype": np.zeros(n, np.int32)}

@@ -22,7 +22,7 @@ from af2cpu_plugin.engine.multimer import template_features as tf
 from af2cpu_plugin.engine.multimer.templates import (SingleTemplateEmbedding, TemplateEmbedding,
                                                      TemplateEmbeddingIteration, TemplateSingleEmbedding)
 from af2cpu_plugin.engine.params import bind_params, expected_params
-from af2cpu_plugin.testing.oracle import as_tensor, assert_close, haiku_reference
+from af2cpu_plugin.testing.oracle import fp32_multimer_global_config, as_tensor, assert_close, haiku_reference
 
 hk = pytest.importorskip("haiku")
 jax = pytest.importorskip("jax")
@@ -33,17 +33,6 @@ N_RES, C_Z, C_M, C_T = 11, 12, 10, 8
 CHAIN_A = 6  # residues [0, 6) are chain A, [6, 11) chain B
 REL_TOL = 1e-4
 
-
-def multimer_global_config():
-    """model_1_multimer_v3's global_config, made fp32 and non-zero-init."""
-    from alphafold.model import config
-
-    gc = config.model_config("model_1_multimer_v3").model.global_config
-    gc.bfloat16 = False
-    gc.zero_init = False
-    gc.eval_dropout = False
-    gc.multimer_mode = True
-    return gc
 
 
 def full_template_config():
@@ -328,7 +317,7 @@ def test_unit_vectors_and_distogram_match_single_template_embedding(structure):
 
 
 def test_template_embedding_iteration():
-    cfg, gc = template_config(), multimer_global_config()
+    cfg, gc = template_config(), fp32_multimer_global_config()
     rng = np.random.default_rng(1)
     act = rng.normal(size=(N_RES, N_RES, C_T)).astype(np.float32)
     _, pair_mask, _ = pair_inputs()
@@ -347,7 +336,7 @@ def test_template_embedding_iteration():
 def test_single_template_embedding(structure, which):
     from alphafold.model import prng
 
-    cfg, gc = template_config(), multimer_global_config()
+    cfg, gc = template_config(), fp32_multimer_global_config()
     aa, xyz, am = template_batch(structure)
     query, pair_mask, multichain = pair_inputs()
 
@@ -364,7 +353,7 @@ def test_single_template_embedding(structure, which):
 
 
 def _haiku_template_embedding(structure, num_templates, mask_dtype):
-    cfg, gc = template_config(), multimer_global_config()
+    cfg, gc = template_config(), fp32_multimer_global_config()
     aa, xyz, am = template_batch(structure, num_templates)
     query, pair_mask, multichain = pair_inputs()
     if mask_dtype == "float":
@@ -431,7 +420,7 @@ class _Evoformer(hk.Module):
 
 
 def test_template_embedding_1d(structure):
-    gc = multimer_global_config()
+    gc = fp32_multimer_global_config()
     aa, xyz, am = template_batch(structure)
     flat, (ref_act, ref_mask) = haiku_reference(lambda a, p, m: _Evoformer()(a, p, m, C_M, gc), aa, xyz, am)
     assert set(k.split("//")[0] for k in flat) == {"evoformer/template_single_embedding",
@@ -451,7 +440,7 @@ def test_expected_params_match_full_multimer_v3():
     from alphafold.model import config
 
     cfg = config.model_config("model_1_multimer_v3").model
-    gc = multimer_global_config()
+    gc = fp32_multimer_global_config()
     c = cfg.embeddings_and_evoformer
     assert c.template.template_pair_stack.triangle_multiplication_outgoing.fuse_projection_weights
     num_res, num_templates = 3, 1

@@ -21,17 +21,22 @@ from ..engine.params import flatten, nested
 from ..random_params import perturb_constant_arrays
 
 
-def fp32_global_config(**overrides: Any):
-    """ColabFold's global_config for a monomer model, made fp32 and non-zero-init."""
+def fp32_global_config(model_name: str = "model_3_ptm", **overrides: Any):
+    """ColabFold's global_config for ``model_name`` (a monomer model by default), made fp32 and non-zero-init."""
     from alphafold.model import config
 
-    gc = config.model_config("model_3_ptm").model.global_config
+    gc = config.model_config(model_name).model.global_config
     gc.bfloat16 = False
     gc.zero_init = False
     gc.eval_dropout = False
     for k, v in overrides.items():
         gc[k] = v
     return gc
+
+
+def fp32_multimer_global_config():
+    """The same for AlphaFold-Multimer (model_1_multimer_v3's global_config: ``multimer_mode`` on)."""
+    return fp32_global_config("model_1_multimer_v3")
 
 
 def haiku_reference(build: Callable[..., Any], *inputs: np.ndarray, seed: int = 0) -> Tuple[Dict[str, np.ndarray], Any]:
