@@ -7,6 +7,9 @@ Subcommands:
   run by the selected backend (see :mod:`af2cpu_plugin.hooks`).
 * ``af2cpu convert [--data DIR]`` — convert the params under ``DIR/params``
   ahead of time.
+* ``af2cpu info [--length L | INPUT] [--data DIR] ...`` — the CPU, threads,
+  precision, memory limit and params cache, and each query's predicted peak
+  memory and time per model (:mod:`af2cpu_plugin.capacity`).
 * ``af2cpu random-params --data DIR`` — random weights in the format of the
   real ones, for demos and tests only.
 
@@ -209,6 +212,230 @@ def convert(argv: Sequence[str], extra_plugins: Iterable[object] = ()) -> int:
 
 
 # ---------------------------------------------------------------------------
+# info
+# ---------------------------------------------------------------------------
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds:.2g} s"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _onednn_version() -> str:
+    """oneDNN's version from torch's build summary (torch has no API for it; it prints "MKL-DNN v3.x" or
+    "oneDNN v3.x" depending on the release)."""
+    import re
+
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return "not available"
+    match = re.search(r"(?:MKL-DNN|oneDNN)\D*?v?(\d+(?:\.\d+)+)", torch.__config__.show())
+    return match.group(1) if match else "available (version not in torch's build summary)"
+
+
+def _converted(npz: Path) -> Optional[Path]:
+    """The valid converted cache of ``npz`` without converting or hashing it.
+
+    The converter remembers each npz's sha256 in a sidecar (size and mtime must match); an npz without a
+    current sidecar was never converted as it is now, so there is nothing to look for.
+    """
+    from af2cpu_plugin.converters import find_cached
+    from af2cpu_plugin.converters.hashing import _read, _sidecars  # the converter's own sidecar lookup
+
+    st = npz.stat()
+    for sidecar in _sidecars(npz):
+        digest = _read(sidecar, st.st_size, st.st_mtime_ns)
+        if digest:
+            return find_cached(npz, digest)
+    return None
+
+
+def _params_lines(data_dir: Path) -> List[str]:
+    files = sorted((data_dir / "params").glob("params_*.npz"))
+    if not files:
+        return [f"params: none under {data_dir / 'params'} (ColabFold downloads them on first use)"]
+    lines = [f"params: {len(files)} file(s) under {data_dir / 'params'}"]
+    for npz in files:
+        cached = _converted(npz)
+        state = f"converted ({cached})" if cached else f"not converted yet (`{PROG} convert` or the first run does it)"
+        lines.append(f"  {npz.name}: {state}")
+    return lines
+
+
+def _info_queries(args: argparse.Namespace):
+    """(queries, is_complex) of --length or INPUT, read the way `af2cpu batch` reads them."""
+    from af2cpu_plugin.capacity import preflight
+
+    if args.length is not None:
+        if args.length < 1:
+            raise UsageError(f"--length {args.length} must be at least 1", "pass the number of residues")
+        return [preflight.Query(f"length {args.length}", args.length)], False
+    if not Path(args.input).exists():
+        raise UsageError(f"input {args.input} not found",
+                         "pass a FASTA or A3M file, a CSV/TSV file, a directory of them, or --length L")
+    try:
+        return preflight.read_queries(args.input)
+    except (OSError, ValueError, AssertionError) as exc:
+        raise UsageError(
+            f"could not read the input {args.input}: {' '.join(str(exc).split()) or type(exc).__name__}",
+            "check its format (FASTA, A3M, CSV/TSV with id,sequence columns)",
+        ) from exc
+
+
+def _prediction_lines(args, queries, is_complex, precision: str, threads: int, limit) -> List[str]:
+    from af2cpu_plugin.capacity import preflight
+    from af2cpu_plugin.capacity.limits import format_size
+
+    # colabfold.batch.set_model_type: auto is multimer v3 for a complex, alphafold2_ptm otherwise.
+    model_type = args.model_type
+    if model_type == "auto":
+        model_type = "alphafold2_multimer_v3" if is_complex else "alphafold2_ptm"
+    planned = preflight.plan(args, queries, model_type, is_complex, precision, threads, limit.bytes)
+    if not planned:
+        return ["queries: none in the input"]
+    msa, extra = planned[0].workload.msa_depth, planned[0].workload.extra_msa_depth
+    passes, up_to = preflight.recycles(args, model_type)
+    up = "up to " if up_to else ""
+    lines = [
+        f"model type: {model_type}",
+        f"MSA rows: {msa} clusters + {extra} extra sequences ("
+        + ("--msa-mode single_sequence)" if args.msa_mode == "single_sequence" else
+           "the model's budget: the worst case before the MSA exists)"),
+        f"templates: {planned[0].workload.templates}",
+        f"passes per model: {up}{passes} ({up}{passes - 1} recycles)",
+    ]
+    if not planned[0].estimate.calibrated:
+        lines.append("cost model: built-in coefficients, not calibrated on this machine")
+    for p in planned:
+        e, q = p.estimate, p.query
+        shape = f"complex of {q.chains} chains" if q.is_complex else "single chain"
+        padded = f", padded to {p.workload.num_res}" if p.workload.num_res != q.length else ""
+        fits = (f"fits in {limit.describe()}" if e.fits and limit.bytes is not None else
+                "fits (no memory limit known)" if e.fits else f"does NOT fit in {limit.describe()}")
+        lines.append(f"query {q.name!r}: {q.length} residues{padded}, {shape}: peak {format_size(e.peak_rss_bytes)}, "
+                     f"{_duration(e.seconds_per_pass)} per pass, {up}{_duration(e.seconds_per_pass * passes)} "
+                     f"per model; {fits}")
+    return lines
+
+
+def info(argv: Sequence[str], extra_plugins: Iterable[object] = ()) -> int:
+    """``af2cpu info``: this machine, the params cache, and the predicted memory and time of an input."""
+    from af2cpu_plugin.hooks.cpu_backend import SUPPORTED_MODEL_TYPES
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} info",
+        description="What --backend cpu would do here: the CPU, torch and oneDNN, threads, precision, the memory "
+        "limit, the params cache, and for --length L or an INPUT the predicted peak memory and time per model.",
+    )
+    parser.add_argument("input", nargs="?", default=None, metavar="INPUT",
+                        help="a FASTA/A3M/CSV file or a directory of them, as for af2cpu batch")
+    parser.add_argument("--length", type=int, default=None, metavar="L", help="predict for one chain of L residues")
+    parser.add_argument("--data", default=None, help="ColabFold's data dir (default: ColabFold's cache dir)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="default: the cores granted")
+    parser.add_argument("--memory-limit", default=None, metavar="SIZE", help="e.g. 20G (default: cgroup limit or "
+                        "MemAvailable, whichever is smaller)")
+    parser.add_argument("--model-type", default="auto", choices=("auto",) + SUPPORTED_MODEL_TYPES)
+    parser.add_argument("--msa-mode", default="mmseqs2_uniref_env",
+                        choices=("mmseqs2_uniref_env", "mmseqs2_uniref_env_envpair", "mmseqs2_uniref", "single_sequence"),
+                        help="as for af2cpu batch; single_sequence means 1 MSA row")
+    parser.add_argument("--templates", action="store_true", help="as for af2cpu batch (4 templates)")
+    parser.add_argument("--num-recycle", type=int, default=None, help="default: the model type's")
+    parser.add_argument("--max-seq", type=int, default=None, help="default: the model type's budget")
+    parser.add_argument("--max-extra-seq", type=int, default=None, help="default: the model type's budget")
+    args = parser.parse_args(list(argv))
+    _setup_environment()  # before colabfold.batch (jax) and torch are imported
+    if args.length is not None and args.input is not None:
+        raise UsageError("pass either --length or INPUT", "drop one of them")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads {args.threads} must be at least 1", "pass a positive number of threads")
+
+    from af2cpu_plugin.capacity.limits import memory_limit
+
+    try:
+        limit = memory_limit(args.memory_limit)
+    except ValueError as exc:
+        what, _, fix = str(exc).partition(" — ")
+        raise UsageError(f"--memory-limit {what}", fix) from None
+    queries = _info_queries(args) if (args.length is not None or args.input is not None) else None
+
+    import torch
+
+    from af2cpu_plugin.cpu import cpu_info, resolve_precision
+    from af2cpu_plugin.hooks.cpu_backend import default_threads
+
+    cpu = cpu_info()
+    cores = default_threads()
+    threads = args.threads or cores
+    precision = resolve_precision(args.precision, cpu)
+    if args.precision == "auto":
+        how = "--precision auto: native bf16" if cpu.native_bf16 else "--precision auto: no native bf16"
+    elif precision == "bf16" and not cpu.native_bf16:
+        how = "refused by af2cpu batch here: no native bf16"
+    else:
+        how = "--precision"
+    amx = [f for f in ("amx_bf16", "amx_tile") if f in cpu.flags]
+    lines = [
+        f"cpu: {cpu.model}",
+        f"cores granted: {cores} physical ({cpu.cpus} logical CPUs in the affinity mask)",
+        f"avx512f: {_yes('avx512f' in cpu.flags)}",
+        f"avx512_bf16: {_yes('avx512_bf16' in cpu.flags)}",
+        f"amx: {'yes (' + ', '.join(amx) + ')' if amx else 'no'}",
+        f"torch: {torch.__version__} (dispatch {cpu.capability})",
+        f"oneDNN: {_onednn_version()}",
+        f"threads: {threads}" + ("" if args.threads else " (the cores granted)"),
+        f"precision: {precision} ({how})",
+        f"memory limit: {limit.describe()}",
+    ]
+    data_dir = Path(args.data or _default_data_dir())
+    lines.append(f"data dir: {data_dir}")
+    lines += _params_lines(data_dir)
+    if queries is None:
+        lines.append("prediction: pass --length L or an INPUT for the predicted memory and time")
+    else:
+        lines += _prediction_lines(args, *queries, precision, threads, limit)
+    print("\n".join(lines))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# calibrate
+# ---------------------------------------------------------------------------
+
+
+def calibrate(argv: Sequence[str], extra_plugins: Iterable[object] = ()) -> int:
+    """``af2cpu calibrate``: measure this machine's cost-model coefficients (af2cpu info, the memory check)."""
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} calibrate",
+        description="Measure peak memory and speed of the cpu engine on this machine (a few minutes; random "
+        "weights, short single-sequence passes, each in a fresh process) and store the cost model's "
+        "coefficients, which `af2cpu info` and the memory check of `af2cpu batch` then use.",
+    )
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="threads per run, as you will pass to af2cpu batch (default: the cores granted)")
+    args = parser.parse_args(list(argv))
+    _setup_environment()
+    from af2cpu_plugin.capacity import calibrate as calibration
+    from af2cpu_plugin.hooks.cpu_backend import default_threads
+
+    threads = args.threads or default_threads()
+    if threads < 1:
+        raise UsageError(f"--threads {threads} must be at least 1", "pass a positive number of threads")
+    calibration.calibrate(threads, log=lambda line: print(line, flush=True))
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # random-params
 # ---------------------------------------------------------------------------
 
@@ -256,19 +483,24 @@ def random_params(argv: Sequence[str], extra_plugins: Iterable[object] = ()) -> 
 
 COMMANDS: Dict[str, Callable[..., int]] = {
     "batch": batch,
+    "calibrate": calibrate,
     "convert": convert,
+    "info": info,
     "random-params": random_params,
 }
 
 USAGE = f"""\
-usage: {PROG} {{batch,convert,random-params}} ...
+usage: {PROG} {{batch,calibrate,convert,info,random-params}} ...
 
 Run ColabFold's AlphaFold2 inference on CPUs with a PyTorch engine.
 
 commands:
   batch          colabfold_batch with --backend {{cpu,jax,...}}, --threads, --precision
                  (see '{PROG} batch --help' for every option)
+  calibrate      measure this machine's memory and speed for the cost model (a few minutes)
   convert        convert the params under --data ahead of time
+  info           this machine (CPU, threads, precision, memory limit), the params cache,
+                 and the predicted peak memory and time for --length L or an INPUT
   random-params  write RANDOM weights for demos and tests
 
 options:

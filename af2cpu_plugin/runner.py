@@ -12,6 +12,7 @@ loop stops early on ``stop_at_score`` or on ``tol``. Confidence numbers
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -21,6 +22,8 @@ import torch
 from alphafold.common import confidence
 
 from . import malloc
+from .capacity import cost_model
+from . import progress
 from .engine.model import AlphaFoldIteration
 from .engine.multimer import rng
 from .engine.multimer.model import MultimerIteration
@@ -91,6 +94,7 @@ class CpuRunModel:
         model_class = MultimerIteration if self.multimer_mode else AlphaFoldIteration
         self.model = model_class(config.model).eval()
         self._params: Optional[Mapping] = None
+        self._logged_groups = 1
         if params is not None:
             self.params = params
 
@@ -103,6 +107,35 @@ class CpuRunModel:
         # ColabFold swaps models by assigning params; binding is a reference swap, not a copy.
         bind_params(self.model, params)
         self._params = params
+
+    def workload(self, feat: Mapping[str, np.ndarray]) -> cost_model.Workload:
+        """What one pass over ``feat`` (one pass's features, as :meth:`forward_pass` takes them) computes."""
+        evo = self.config.model.embeddings_and_evoformer
+        num_res = int(np.shape(feat["aatype"])[-1])
+        templates = int(np.shape(feat["template_aatype"])[-2]) if evo.template.enabled and \
+            "template_aatype" in feat else 0
+        if self.multimer_mode:  # the model samples its MSA: the config's budgets, or fewer rows
+            rows = int(np.shape(feat["msa"])[0])
+            return cost_model.Workload(num_res, min(rows, evo.num_msa), max(1, min(rows, evo.num_extra_msa)),
+                                       templates, multimer=True)
+        return cost_model.Workload(num_res, int(np.shape(feat["msa_feat"])[-3]),
+                                   int(np.shape(feat["extra_msa"])[-2]), templates)
+
+    def policy_for(self, feat: Mapping[str, np.ndarray]) -> RuntimePolicy:
+        """The runner's policy, with the chunking the cost model picks for this input (and its ``memory_limit``)
+        unless the policy fixes ``channel_groups`` itself."""
+        policy = self.policy
+        if policy.channel_groups is not None:
+            return policy
+        workload = self.workload(feat)
+        plan = cost_model.estimate(workload, policy.precision, policy.threads or torch.get_num_threads(),
+                                   policy.memory_limit)
+        if plan.channel_groups != self._logged_groups:
+            self._logged_groups = plan.channel_groups
+            limit = "" if policy.memory_limit is None else f"memory limit {policy.memory_limit / 2**30:.1f} GiB, "
+            logger.info(f"{limit}{workload.num_res} residues: the triangle multiplications run in "
+                        f"{plan.channel_groups} channel group(s) (predicted peak {plan.peak_rss_bytes / 2**30:.1f} GiB)")
+        return dataclasses.replace(policy, channel_groups=plan.channel_groups)
 
     def process_features(self, raw_features, random_seed: int):
         """ColabFold's own numpy feature pipeline, unchanged (multimer: the raw features, sampled in the model)."""
@@ -119,18 +152,24 @@ class CpuRunModel:
 
         ``feat`` holds one pass's features (monomer: no recycle dim; multimer:
         the raw features plus the pass's ``random_key``). Results are fp32
-        numpy. ``predict`` casts both to float16, as ColabFold's runner does;
-        parity checks and benchmarks call this directly and read them before
-        that cast.
+        numpy, except the next ``prev_pair``, already float16 (what
+        ``predict`` makes of it anyway). ``predict`` casts both to float16, as
+        ColabFold's runner does; parity checks and benchmarks call this
+        directly and read the results before that cast.
         """
         batch = {k: _to_torch(v) for k, v in feat.items()}
-        batch.update({k: _to_torch(v) for k, v in prev.items()})  # float16 -> float32, as AlphaFold_noE
-        with torch.inference_mode(), self.policy.active():
+        batch.update({k: _to_torch(v) for k, v in prev.items() if k != "prev_pair"})  # float16 -> float32
+        # The recycled pair stays float16 (half the memory of a pair-sized float32 copy); the
+        # recycling embedder upcasts it slice by slice, as AlphaFold_noE upcasts the whole.
+        batch["prev_pair"] = torch.from_numpy(np.asarray(prev["prev_pair"]))
+        with torch.inference_mode(), self.policy_for(feat).active():
             ret = _to_numpy(self.model(batch))
         reps = ret.pop("representations")
         new_prev = {
             "prev_msa_first_row": reps["msa_first_row"],
-            "prev_pair": reps["pair"],
+            # float16 now, as predict would make it, before the confidence functions'
+            # [L, L, 64] temporaries: the float32 pair is not kept alongside them.
+            "prev_pair": np.asarray(reps.pop("pair"), np.float16),
             "prev_pos": ret["structure_module"]["final_atom_positions"],
         }
         seq_mask = feat["seq_mask"].astype(np.float32)
@@ -167,19 +206,23 @@ class CpuRunModel:
         result: Dict[str, Any] = {}
         r = 0
         keys = rng.pass_keys(random_seed, num_iters) if self.multimer_mode else None
-        for r in range(num_iters):
-            if self.multimer_mode:
-                sub_feat = {**feat, "random_key": keys[r]}
-            else:
-                sub_feat = {k: v[r] for k, v in feat.items()}
-            result, prev = self.forward_pass(sub_feat, prev)
-            result, prev = _to_float16(result), _to_float16(prev)
-            if return_representations:
-                result["representations"] = {"pair": prev["prev_pair"], "single": prev["prev_msa_first_row"]}
-            if callback is not None:
-                callback(result, r)
-            if result["ranking_confidence"] > self.config.model.stop_at_score:
-                break
-            if r > 0 and result["tol"] < self.config.model.recycle_early_stop_tolerance:
-                break
+        # A bar over passes x main Evoformer blocks when stderr is a terminal; else nothing
+        # (the callback's per-recycle log lines are the progress report).
+        num_blocks = self.config.model.embeddings_and_evoformer.evoformer_num_block
+        with progress.evoformer_bar(num_iters, num_blocks, progress.model_tag(callback)):
+            for r in range(num_iters):
+                if self.multimer_mode:
+                    sub_feat = {**feat, "random_key": keys[r]}
+                else:
+                    sub_feat = {k: v[r] for k, v in feat.items()}
+                result, prev = self.forward_pass(sub_feat, prev)
+                result, prev = _to_float16(result), _to_float16(prev)
+                if return_representations:
+                    result["representations"] = {"pair": prev["prev_pair"], "single": prev["prev_msa_first_row"]}
+                if callback is not None:
+                    callback(result, r)
+                if result["ranking_confidence"] > self.config.model.stop_at_score:
+                    break
+                if r > 0 and result["tol"] < self.config.model.recycle_early_stop_tolerance:
+                    break
         return result, r

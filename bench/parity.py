@@ -119,8 +119,15 @@ def main(argv=None) -> int:
                     help="templates130: give undefined template torsions AF2's placeholder on both engines "
                          "(zero_init=False) instead of ColabFold's float32 rounding noise")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="bf16 multimer cases: run with these random seeds (each draws its own MSA sample inside "
+                         "the model) and report each seed and the mean over seeds; pTM and ipTM are single "
+                         "scalars, so one seed is one noisy sample of their bf16 error")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
+    if args.seeds != [0] and (args.precision != "bf16" or args.case not in (*MULTIMER_CASES, "multimer")):
+        ap.error("--seeds is for --precision bf16 on the multimer cases (the monomer cases draw no sample in "
+                 "the model; the fp32 floor is measured with seed 0)")
 
     from colabfold.alphafold.models import get_model_haiku_params
 
@@ -171,9 +178,16 @@ def main(argv=None) -> int:
         t = time.time()
         jax_flat = {k: np.asarray(v) for k, v in flatten(jax_params).items()}
         if args.precision == "bf16":
-            report[name] = bf16_case(cfg, cpu_flat, jax_flat, feat, args.num_recycle)
+            per_seed = {seed: bf16_case(cfg, cpu_flat, jax_flat, feat, args.num_recycle, seed=seed)
+                        for seed in args.seeds}
+            if len(per_seed) == 1:
+                report[name] = per_seed[args.seeds[0]]
+                suffix = "" if args.seeds == [0] else f"_seed{args.seeds[0]}"
+            else:
+                report[name] = seeds_summary(per_seed)
+                suffix = "_seeds"
             report[name].update({"model": model_name, "length": L, **depth, "seconds": round(time.time() - t, 1)})
-            _write(args.out_dir / f"parity_bf16_{name}.json", {name: report[name]})
+            _write(args.out_dir / f"parity_bf16_{name}{suffix}.json", {name: report[name]})
             continue
         history = []
         jax_ret, cpu_ret = parity.run_both_fp32(cfg, cpu_flat, feat, jax_flat=jax_flat, history=history)
@@ -217,17 +231,43 @@ def _write(path: Path, report) -> None:
     os.replace(tmp, path)
 
 
-def bf16_case(cfg, cpu_flat, jax_flat, feat, num_recycle: int) -> dict:
+def _print_bf16_table(title: str, rows: dict) -> None:
+    """cpu bf16 and JAX bf16 against JAX fp32, first pass and final, one row per quantity."""
+    print(f"\n## {title}")
+    print("| quantity | cpu bf16 vs JAX fp32, first pass | JAX bf16 vs JAX fp32, first pass "
+          "| cpu bf16 vs JAX fp32, final | JAX bf16 vs JAX fp32, final |")
+    print("|---|---|---|---|---|")
+    for q in rows["cpu_bf16_vs_jax_fp32"]:
+        cells = [f"{rows[k][q][0]:.3g} / {rows[k][q][1]:.2g}" for k in
+                 ("cpu_bf16_vs_jax_fp32_first_pass", "jax_bf16_vs_jax_fp32_first_pass",
+                  "cpu_bf16_vs_jax_fp32", "jax_bf16_vs_jax_fp32")]
+        print(f"| {q} | " + " | ".join(cells) + " |")
+    sys.stdout.flush()
+
+
+def seeds_summary(per_seed: dict) -> dict:
+    """Per row and quantity, the mean over seeds of max |Δ| (and of mean |Δ|); prints the table."""
+    seeds = list(per_seed)
+    first = per_seed[seeds[0]]
+    rows = [k for k in first if isinstance(first[k], dict)]
+    mean = {row: {q: tuple(float(np.mean([per_seed[s][row][q][i] for s in seeds])) for i in (0, 1))
+                  for q in first[row]} for row in rows}
+    _print_bf16_table(f"bf16, mean over seeds {seeds} (max |Δ| averaged over seeds / mean |Δ| averaged)", mean)
+    return {"precision": "bf16", "num_recycle": first["num_recycle"], "cpu": first["cpu"], "seeds": seeds,
+            "mean_over_seeds": mean, "per_seed": {str(s): {k: per_seed[s][k] for k in rows} for s in seeds}}
+
+
+def bf16_case(cfg, cpu_flat, jax_flat, feat, num_recycle: int, seed: int = 0) -> dict:
     """cpu bf16 and JAX bf16, each against JAX fp32, first pass and after the recycles; prints a table."""
     from af2cpu_plugin.cpu import cpu_info
     from af2cpu_plugin.engine.policy import RuntimePolicy
     from af2cpu_plugin.testing import parity
 
     cpu_history, jax_history = [], []
-    jax_fp32, cpu_bf16 = parity.run_both_fp32(cfg, cpu_flat, feat, jax_flat=jax_flat, history=cpu_history,
-                                              policy=RuntimePolicy(precision="bf16"))
-    parity.run_both_fp32(parity.with_bfloat16(cfg), cpu_flat, feat, jax_flat=jax_flat, cpu=False,
-                                history=jax_history)
+    jax_fp32, cpu_bf16 = parity.run_both_fp32(cfg, cpu_flat, feat, seed=seed, jax_flat=jax_flat,
+                                              history=cpu_history, policy=RuntimePolicy(precision="bf16"))
+    parity.run_both_fp32(parity.with_bfloat16(cfg), cpu_flat, feat, seed=seed, jax_flat=jax_flat, cpu=False,
+                         history=jax_history)
     jax_bf16 = jax_history[-1][0]
     iface = parity.is_multimer(cfg)
     rows = {
@@ -240,16 +280,8 @@ def bf16_case(cfg, cpu_flat, jax_flat, feat, num_recycle: int) -> dict:
         L, shape = feat["aatype"].shape[0], f"{feat['msa'].shape[0]} MSA rows"
     else:
         L, shape = feat["aatype"].shape[1], f"{feat['msa_feat'].shape[1]} clusters, {feat['extra_msa'].shape[1]} extra"
-    print(f"\n## bf16: {L} residues, {shape}, {num_recycle} recycles; CPU: {cpu_info().describe()}")
-    print("| quantity | cpu bf16 vs JAX fp32, first pass | JAX bf16 vs JAX fp32, first pass "
-          "| cpu bf16 vs JAX fp32, final | JAX bf16 vs JAX fp32, final | (max / mean \\|Δ\\|) |")
-    print("|---|---|---|---|---|---|")
-    for q in rows["cpu_bf16_vs_jax_fp32"]:
-        cells = [f"{rows[k][q][0]:.3g} / {rows[k][q][1]:.2g}" for k in
-                 ("cpu_bf16_vs_jax_fp32_first_pass", "jax_bf16_vs_jax_fp32_first_pass",
-                  "cpu_bf16_vs_jax_fp32", "jax_bf16_vs_jax_fp32")]
-        print(f"| {q} | " + " | ".join(cells) + " | |")
-    sys.stdout.flush()
+    _print_bf16_table(f"bf16, seed {seed}: {L} residues, {shape}, {num_recycle} recycles; "
+                      f"CPU: {cpu_info().describe()} (max / mean |Δ|)", rows)
     return {"precision": "bf16", "num_recycle": num_recycle, "cpu": cpu_info().describe(), **rows}
 
 

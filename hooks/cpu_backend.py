@@ -9,6 +9,12 @@ templates (``--templates``, ``--custom-template-path``, ``--pdb-hit-file``). Eve
 does not serve yet is refused up front, in one line, by
 :func:`af2cpu_check_request`.
 
+Before any MSA or compute, each query's predicted peak memory
+(:mod:`af2cpu_plugin.capacity`) is checked against the memory limit
+(``--memory-limit``, else the cgroup limit or MemAvailable); the first query
+that does not fit is refused in one line with settings that would fit, unless
+``--force``. The limit is recorded in ``config.json`` and handed to the runner.
+
 Params come from ColabFold's own files, ``<data>/params/params_model_N*.npz``,
 converted once to the engine's (fused) layout and cached as safetensors by
 :mod:`af2cpu_plugin.converters`.
@@ -139,6 +145,20 @@ def af2cpu_add_options(parser, backend_names):
         help="Rows of a batched attention/transition the cpu engine processes at once; "
         "smaller saves memory on long sequences at some speed cost. Default: all at once.%(default).0s",
     )
+    group.add_argument(
+        "--memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="Memory the run may use, e.g. 20G or 512M (binary units). Default: the smallest of this "
+        "process's cgroup limit and the memory available now (MemAvailable). Each query's predicted peak is "
+        "checked against it before any MSA or compute; config.json records it.%(default).0s",
+    )
+    group.add_argument(
+        "--force",
+        action="store_true",
+        default=False,
+        help="Run even where a query's predicted peak memory exceeds the memory limit.%(default).0s",
+    )
 
 
 @hookimpl
@@ -199,7 +219,38 @@ def af2cpu_check_request(backend, args, model_type, is_complex):
     subbatch = getattr(args, "subbatch_size", None)
     if subbatch is not None and subbatch < 1:
         return f"--subbatch-size {subbatch} must be at least 1 — pass a positive number of rows or drop it"
-    return None
+    try:
+        limit = memory_limit_of(args)
+    except ValueError as exc:
+        return f"--memory-limit {exc}"
+    if getattr(args, "force", False):
+        return None
+    return _memory_refusal(args, model_type, is_complex, limit)
+
+
+def memory_limit_of(args):
+    """The memory limit of this run (``--memory-limit``, else cgroup/MemAvailable), read once and kept on
+    ``args`` so that the check, config.json and the runner see the same number."""
+    limit = getattr(args, "af2cpu_memory_limit", None)
+    if limit is None:
+        from af2cpu_plugin.capacity.limits import memory_limit as read_limit
+
+        limit = read_limit(getattr(args, "memory_limit", None))
+        args.af2cpu_memory_limit = limit
+    return limit
+
+
+def _memory_refusal(args, model_type, is_complex, limit) -> Optional[str]:
+    """Refuse, before any MSA or compute, the first query predicted not to fit in ``limit``."""
+    if limit.bytes is None or getattr(args, "input", None) is None:  # nothing to check against, or no input
+        return None
+    from af2cpu_plugin.capacity import preflight
+    from af2cpu_plugin.cpu import cpu_info
+
+    queries, _ = preflight.read_queries(args.input, getattr(args, "sort_queries_by", "length"))
+    threads = args.threads or default_threads()
+    planned = preflight.plan(args, queries, model_type, is_complex, args.precision, threads, limit.bytes)
+    return preflight.refusal(args, planned, limit, args.precision, threads, cpu_info().native_bf16)
 
 
 @hookimpl
@@ -225,9 +276,12 @@ def af2cpu_record(backend, args):
     from af2cpu_plugin.cpu import cpu_info
 
     info = cpu_info()
+    limit = memory_limit_of(args)
     return {"torch_version": torch.__version__, "subbatch_size": getattr(args, "subbatch_size", None),
             "kernels": resolve_kernels(getattr(args, "kernels", "auto")),
-            "cpu": info.model, "cpu_capability": info.capability, "cpu_native_bf16": info.native_bf16}
+            "cpu": info.model, "cpu_capability": info.capability, "cpu_native_bf16": info.native_bf16,
+            "memory_limit": limit.bytes, "memory_limit_source": limit.source,
+            "memory_check_forced": bool(getattr(args, "force", False))}
 
 
 @hookimpl
@@ -262,6 +316,8 @@ def af2cpu_make_runner(backend, config, params, extended_ptm_config, jit_kwargs,
         subbatch_size=getattr(args, "subbatch_size", None),
         threads=args.threads,
         kernels=resolve_kernels(getattr(args, "kernels", "auto")),
+        # The runner picks each input's chunking to fit it (capacity.cost_model).
+        memory_limit=memory_limit_of(args).bytes,
     )
     return CpuRunModel(
         config, params, extended_ptm_config=extended_ptm_config, jit_kwargs=jit_kwargs, policy=policy

@@ -303,9 +303,9 @@ def test_subbatched_matches_unchunked():
         flat, _ = haiku_reference(_haiku_iteration(cfg, fp32_global_config(), is_extra_msa, name), *make_inputs(3))
         model = EvoformerIteration(cfg, C_M, C_Z, is_extra_msa).eval()
         bind_params(model, flat, root=name)
-        with torch.inference_mode():
-            full = model(*inputs)
+        with torch.inference_mode():  # a block updates msa and pair in place: each call gets copies
+            full = model(*[t.clone() for t in inputs])
             with RuntimePolicy(subbatch_size=2).active():
-                chunked = model(*inputs)
+                chunked = model(*[t.clone() for t in inputs])
         for a, b in zip(full, chunked):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

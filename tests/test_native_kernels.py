@@ -346,6 +346,13 @@ for _ in range(20):
     del c
 s = kernels.block_cache_stats()
 assert s["peak_mapped_bytes"] <= high * 5 // 4 + 6 * MiB, s
+# A measurement window: its peak starts from the live bytes at the reset, the peak since start stays.
+kernels.block_cache_reset_window_peak()
+assert kernels.block_cache_stats()["window_peak_bytes"] == kernels.block_cache_stats()["live_bytes"]
+d = torch.empty(2 * MiB // 4)
+del d
+w = kernels.block_cache_stats()
+assert w["window_peak_bytes"] == w["live_bytes"] + 2 * MiB and w["peak_live_bytes"] == high, w
 # Values survive round trips through the cache (torch ops on cached blocks).
 x = torch.randn(512, 1024)
 y = (x @ x.t()).sum()

@@ -8,7 +8,7 @@ runtime policy decides the slice size.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -56,6 +56,24 @@ def subbatched(
         else:
             residual_add_(add_into.narrow(dim, start, length), out)
     return add_into if add_into is not None else torch.cat(outputs, dim=dim)
+
+
+def row_slices(size: int, row_bytes: int) -> Iterator[Tuple[int, int]]:
+    """``(start, length)`` of the policy's slices of ``size`` rows of ``row_bytes`` each.
+
+    For modules that fill or update a tensor slice by slice themselves (the
+    grouped triangle multiplication) rather than through :func:`subbatched`.
+    """
+    policy = current_policy()
+    if policy.subbatch_size is not None:
+        chunk = policy.subbatch_size
+    elif policy.slice_bytes is None:
+        chunk = size
+    else:
+        chunk = max(1, policy.slice_bytes // max(row_bytes, 1))
+        chunk = -(-size // -(-size // chunk))  # equal slices rather than a short last one
+    for start in range(0, size, chunk):
+        yield start, min(chunk, size - start)
 
 
 def _rows_per_slice(batched: Sequence[torch.Tensor], dim: int, size: int, temp_row_bytes: int) -> int:

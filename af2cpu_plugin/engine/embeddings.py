@@ -14,6 +14,7 @@ from torch import nn
 
 from alphafold.common import residue_constants
 
+from .chunking import row_slices
 from .params import Scopeless
 from .primitives import LayerNorm, Linear
 
@@ -41,14 +42,34 @@ class RelativePositionEncoding(Scopeless):
         self.pair_activiations = Linear(2 * max_relative_feature + 1, pair_channel)  # (sic) haiku name
 
     def forward(self, residue_index: torch.Tensor, asym_id: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.rows(residue_index, residue_index, asym_id, asym_id)
+
+    def rows(self, index_i: torch.Tensor, index_j: torch.Tensor, asym_i: Optional[torch.Tensor],
+             asym_j: Optional[torch.Tensor]) -> torch.Tensor:
+        """The encoding's rows for residues ``i`` (a slice) against all residues ``j``."""
         r = self.max_relative_feature
-        offset = (residue_index[:, None] - residue_index[None, :]).long()
+        offset = (index_i[:, None] - index_j[None, :]).long()
         offset = torch.clamp(offset + r, 0, 2 * r)
-        if asym_id is not None:
-            chain = (asym_id[:, None] - asym_id[None, :])
+        if asym_i is not None:
+            chain = (asym_i[:, None] - asym_j[None, :])
             cross = torch.where(chain > 0, torch.full_like(offset, 2 * r), torch.zeros_like(offset))
             offset = torch.where(chain == 0, offset, cross)
         return _linear_on_one_hot(self.pair_activiations, offset)
+
+
+def add_relpos_(pair: torch.Tensor, relpos: nn.Module, *per_residue: Optional[torch.Tensor]) -> torch.Tensor:
+    """``pair += relpos(*per_residue)``, row slice by row slice (no pair-sized temporary).
+
+    ``relpos`` is either relative encoding; its ``rows`` method takes each
+    per-residue feature twice: sliced to the rows, then whole.
+    """
+    n1, cz = pair.shape[1:]
+    for start, rows in row_slices(pair.shape[0], n1 * cz * pair.element_size()):
+        args = []
+        for feature in per_residue:
+            args += [None, None] if feature is None else [feature.narrow(0, start, rows), feature]
+        pair.narrow(0, start, rows).add_(relpos.rows(*args))
+    return pair
 
 
 class InputEmbedder(Scopeless):
@@ -66,7 +87,8 @@ class InputEmbedder(Scopeless):
         self.relpos = relpos
 
     def forward(self, target_feat: torch.Tensor, msa_feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        msa = self.preprocess_1d(target_feat).unsqueeze(0) + self.preprocess_msa(msa_feat)
+        # In place into the [S, L, c_m] projection: one MSA-sized tensor, not two (a + b == b + a exactly).
+        msa = self.preprocess_msa(msa_feat).add_(self.preprocess_1d(target_feat).unsqueeze(0))
         pair = self.left_single(target_feat)[:, None] + self.right_single(target_feat)[None]
         return msa, pair
 
@@ -77,11 +99,14 @@ def pseudo_beta(aatype: torch.Tensor, atom37_positions: torch.Tensor) -> torch.T
     return torch.where(is_gly, atom37_positions[..., _CA, :], atom37_positions[..., _CB, :])
 
 
-def distogram_one_hot(positions: torch.Tensor, num_bins: int, min_bin: float, max_bin: float) -> torch.Tensor:
-    """One-hot distance bins between all pairs (modules.dgram_from_positions)."""
+def distogram_one_hot(positions: torch.Tensor, num_bins: int, min_bin: float, max_bin: float,
+                      positions_j: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One-hot distance bins between all pairs (modules.dgram_from_positions);
+    with ``positions_j``, between ``positions`` (a slice of rows) and those."""
+    positions_j = positions if positions_j is None else positions_j
     lower = torch.linspace(min_bin, max_bin, num_bins, dtype=torch.float32) ** 2
     upper = torch.cat([lower[1:], lower.new_tensor([1e8])])
-    dist2 = ((positions[:, None, :] - positions[None, :, :]) ** 2).sum(-1, keepdim=True)
+    dist2 = ((positions[:, None, :] - positions_j[None, :, :]) ** 2).sum(-1, keepdim=True)
     return ((dist2 > lower) & (dist2 < upper)).to(torch.float32)
 
 
@@ -96,12 +121,22 @@ class RecyclingEmbedder(Scopeless):
         self.prev_pair_norm = LayerNorm(pair_channel)
 
     def forward(self, msa, pair, aatype, prev_pos, prev_msa_first_row, prev_pair) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Add the recycled terms to m and z, in haiku's order of additions."""
+        """Add the recycled terms to m and z, in haiku's order of additions.
+
+        ``msa`` and ``pair`` (the input embedder's fresh tensors) are updated
+        in place, ``pair`` row slice by row slice: no pair-sized temporary,
+        and ``prev_pair`` may stay float16 (as ColabFold recycles it), each
+        slice upcast to float32 as AlphaFold does with the whole.
+        """
         c = self.prev_pos_config
-        dgram = distogram_one_hot(pseudo_beta(aatype, prev_pos), c.num_bins, c.min_bin, c.max_bin)
-        pair = pair + self.prev_pos_linear(dgram)
-        msa = torch.cat([msa[:1] + self.prev_msa_first_row_norm(prev_msa_first_row), msa[1:]], dim=0)
-        pair = pair + self.prev_pair_norm(prev_pair)
+        beta = pseudo_beta(aatype, prev_pos)
+        msa[0] += self.prev_msa_first_row_norm(prev_msa_first_row)
+        n1, cz = pair.shape[1:]
+        for start, rows in row_slices(pair.shape[0], n1 * cz * pair.element_size()):
+            block = pair.narrow(0, start, rows)
+            dgram = distogram_one_hot(beta.narrow(0, start, rows), c.num_bins, c.min_bin, c.max_bin, beta)
+            block += self.prev_pos_linear(dgram)
+            block += self.prev_pair_norm(prev_pair.narrow(0, start, rows).float())
         return msa, pair
 
 

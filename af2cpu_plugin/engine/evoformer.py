@@ -16,6 +16,8 @@ from torch import nn
 from .msa_attention import MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias
 from .outer_product_mean import OuterProductMean
 from .params import LayerStack
+from .primitives import residual_add_
+from . import progress
 from .transition import Transition
 from .triangle_attention import TriangleAttention
 from .triangle_multiplication import TriangleMultiplication
@@ -57,22 +59,23 @@ class EvoformerIteration(nn.Module):
     def forward(
         self, msa: torch.Tensor, pair: torch.Tensor, msa_mask: torch.Tensor, pair_mask: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """msa [S, R, c_m], pair [R, R, c_z], msa_mask [S, R], pair_mask [R, R] -> (msa, pair)."""
+        """msa [S, R, c_m], pair [R, R, c_z], msa_mask [S, R], pair_mask [R, R] -> (msa, pair), updated in place."""
         # Each line is ``act = act + module(act)`` (a dropout_wrapper at
-        # inference). The first update of each representation makes a new
-        # tensor (the inputs belong to the caller); the others are
-        # ``add_update_``: in place, slice by slice as the module computes
-        # them, so no whole update tensor is ever made (inference only).
+        # inference), made in place: ``msa`` and ``pair`` are the caller's own
+        # (fresh from the embedders) and are handed over, so no second copy
+        # of either is ever live (the extra MSA alone is 3.9 GiB at 3,000
+        # residues). Most updates are added slice by slice as the module
+        # computes them, so no whole update tensor is made either.
         if self.outer_product_mean_first:
-            pair = pair + self.outer_product_mean(msa, msa_mask)
-        msa = self.msa_row_attention_with_pair_bias.add_update_(msa.clone(), msa_mask, pair)
+            residual_add_(pair, self.outer_product_mean(msa, msa_mask))
+        self.msa_row_attention_with_pair_bias.add_update_(msa, msa_mask, pair)
         if self.is_extra_msa:
             self.msa_column_global_attention.add_update_(msa, msa_mask)
         else:
             self.msa_column_attention.add_update_(msa, msa_mask)
         self.msa_transition.add_update_(msa, msa_mask)
         if not self.outer_product_mean_first:
-            pair = pair + self.outer_product_mean(msa, msa_mask)
+            residual_add_(pair, self.outer_product_mean(msa, msa_mask))
         self.triangle_multiplication_outgoing.add_update_(pair, pair_mask)
         self.triangle_multiplication_incoming.add_update_(pair, pair_mask)
         self.triangle_attention_starting_node.add_update_(pair, pair_mask)
@@ -96,10 +99,15 @@ class EvoformerStack(LayerStack):
         super().__init__(
             EvoformerIteration(config, msa_channel, pair_channel, is_extra_msa) for _ in range(num_block)
         )
+        # Progress counts the main stack's blocks only (48 a pass in every model): the
+        # extra-MSA stack is this class too, but its few blocks are not what a pass is made of.
+        self.reports_progress = not is_extra_msa
 
     def forward(
         self, msa: torch.Tensor, pair: torch.Tensor, msa_mask: torch.Tensor, pair_mask: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         for block in self:
             msa, pair = block(msa, pair, msa_mask, pair_mask)
+            if self.reports_progress:
+                progress.block_done()
         return msa, pair

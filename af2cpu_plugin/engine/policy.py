@@ -43,6 +43,18 @@ class RuntimePolicy:
         temporaries (about 4x its input: the fused q, k, v and gate
         projections) under that. None runs each module on the whole tensor.
       threads: intra-op threads for torch; None leaves torch's setting alone.
+      channel_groups: the triangle multiplication contracts its intermediate
+        channels in this many groups, and builds its projections and applies
+        its output row slice by row slice (``slice_bytes``). 1 makes the whole
+        [4c, N, N] projection at once: about 7 pair-sized temporaries; 4
+        groups need about 3. The result is the same to rounding. None (the
+        default): the runner picks it per input
+        (:mod:`af2cpu_plugin.capacity.cost_model`: 4 from 512 residues, where
+        it measured as fast, more if ``memory_limit`` needs it); modules
+        outside a runner read None as 1.
+      memory_limit: bytes this process may use (cgroup limit, MemAvailable or
+        ``--memory-limit``); None when unknown. The runner chooses
+        ``channel_groups`` per input to fit it; the modules never read it.
       kernels: "native" (the default: the engine's own attention,
         LayerNorm and fused elementwise kernels, :mod:`af2cpu_plugin.kernels`,
         where the CPU and the shapes allow them, PyTorch's kernels for
@@ -56,6 +68,8 @@ class RuntimePolicy:
     slice_bytes: Optional[int] = 4 * 1024 * 1024
     threads: Optional[int] = None
     kernels: str = "native"
+    channel_groups: Optional[int] = None
+    memory_limit: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -64,6 +78,8 @@ class RuntimePolicy:
             raise ValueError(f"unknown kernels {self.kernels!r}; use one of {', '.join(KERNELS)}")
         if self.subbatch_size is not None and self.subbatch_size < 1:
             raise ValueError("subbatch_size must be a positive number of rows")
+        if self.channel_groups is not None and self.channel_groups < 1:
+            raise ValueError("channel_groups must be a positive number of groups")
         if self.slice_bytes is not None and self.slice_bytes < 1:
             raise ValueError("slice_bytes must be a positive number of bytes")
 

@@ -10,6 +10,15 @@ Jumper et al. (2021) Suppl. Alg. 11 "TriangleMultiplicationOutgoing"
 ``c`` output channels and the right one the last ``c`` (concatenated halves,
 not interleaved). The mask multiplies the projection before the sigmoid gate;
 the gate itself is not masked, as in haiku.
+
+Memory: the whole-tensor path makes about seven pair-sized temporaries (the
+[4c, N, N] projection alone is four), which is what stops long sequences. With
+the policy's ``channel_groups`` above 1 the update is made in place in two
+phases: the contraction, group of channels by group, from projections built
+row slice by row slice; then the output (centre LayerNorm, gate, projection)
+row slice by row slice, added into the pair. Peak: the pair, the [c, N, N]
+products and two groups' projections (about 2.5 pair-sized tensors with 4
+groups). Every position's arithmetic is the same; only GEMM blocking differs.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .chunking import row_slices
+from .policy import compute_dtype, current_policy
 from .primitives import LayerNorm, Linear, channel_products, derived, gated_rows_, linear_2d, residual_add_
 
 _OUTGOING = "ikc,jkc->ijc"
@@ -52,9 +63,69 @@ class TriangleMultiplication(nn.Module):
         lin_p, lin_g = self.projection, self.gate
         return derived(self, f"proj_gate@{dtype}", build, lin_p.weights, lin_p.bias, lin_g.weights, lin_g.bias)
 
+    def _group_params(self, dtype: torch.dtype, groups: int):
+        """Per channel group g: the [4c/groups, c_z] rows of the stacked weight (left and right
+        projection, then left and right gate, for g's channels) and their fp32 bias."""
+
+        def build(pw, pb, gw, gb):
+            ci, n = self.num_intermediate_channel, self.num_intermediate_channel // groups
+            w = torch.cat([pw, gw], dim=1).t()
+            b = torch.cat([pb, gb])
+            rows = [torch.cat([torch.arange(k * ci + g * n, k * ci + (g + 1) * n) for k in range(4)])
+                    for g in range(groups)]
+            return [(w[r].to(dtype).contiguous(), b[r].float().contiguous()) for r in rows]
+
+        lin_p, lin_g = self.projection, self.gate
+        return derived(self, f"proj_gate/{groups}@{dtype}", build, lin_p.weights, lin_p.bias, lin_g.weights,
+                       lin_g.bias)
+
     def add_update_(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
-        """``pair_act += self(pair_act, pair_mask)`` (a residual update)."""
-        return residual_add_(pair_act, self(pair_act, pair_mask))
+        """``pair_act += self(pair_act, pair_mask)`` (a residual update); in groups under the policy."""
+        groups = current_policy().channel_groups or 1
+        if groups == 1 or self.num_intermediate_channel % groups:
+            return residual_add_(pair_act, self(pair_act, pair_mask))
+        tri = self._grouped_products(pair_act, pair_mask, groups)
+        n0, n1, cz = pair_act.shape
+        ci = self.num_intermediate_channel
+        # The products are complete: rows of the pair may now be overwritten.
+        for start, rows in row_slices(n0, n1 * cz * pair_act.element_size()):
+            stream = pair_act.narrow(0, start, rows)
+            act = self.left_norm_input(stream).reshape(rows * n1, cz)
+            out = self.center_norm.forward_channel_major(tri.narrow(1, start, rows).contiguous())
+            gate_out = self.gating_linear.forward_sigmoid(act)
+            residual_add_(stream, self.output_projection.forward_mul(out.reshape(rows * n1, ci), gate_out)
+                          .reshape(rows, n1, cz))
+        return pair_act
+
+    def _grouped_products(self, pair_act: torch.Tensor, pair_mask: torch.Tensor, groups: int) -> torch.Tensor:
+        """The triangle products [c, N, N], ``groups`` channel groups at a time."""
+        n0, n1, cz = pair_act.shape
+        ci = self.num_intermediate_channel
+        n = ci // groups
+        mask = None if bool(pair_mask.all()) else pair_mask.to(torch.float32).reshape(n0 * n1)
+        tri = None
+        for g, (weight_t, bias) in enumerate(self._group_params(compute_dtype(), groups)):
+            left = right = None
+            for start, rows in row_slices(n0, n1 * cz * pair_act.element_size()):
+                act = self.left_norm_input(pair_act.narrow(0, start, rows)).reshape(rows * n1, cz)
+                m = None if mask is None else mask.narrow(0, start * n1, rows * n1)
+                proj = gated_rows_(linear_2d(weight_t, act, None), bias, m)
+                if left is None:
+                    left = proj.new_empty((n, n0, n1))
+                    right = proj.new_empty((n, n0, n1))
+                left[:, start:start + rows] = proj[:n].reshape(n, rows, n1)
+                right[:, start:start + rows] = proj[n:].reshape(n, rows, n1)
+                del act, proj
+            if self.outgoing:
+                products = channel_products(left, right)
+            else:
+                products = channel_products(right.transpose(1, 2), left.transpose(1, 2))
+            del left, right
+            if tri is None:
+                tri = products.new_empty((ci, n0, n1))
+            tri[g * n:(g + 1) * n] = products
+            del products
+        return tri
 
     def forward(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """pair_act [R, R, c_z], pair_mask [R, R] -> update [R, R, c_z]."""

@@ -7,7 +7,7 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
-from .embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder, RelativePositionEncoding
+from .embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder, RelativePositionEncoding, add_relpos_
 from .evoformer import EvoformerStack
 from .policy import trunk_precision
 from .primitives import Linear
@@ -61,7 +61,7 @@ class EmbeddingsAndEvoformer(nn.Module):
             msa, pair = self.recycling_embedder(msa, pair, batch["aatype"], batch["prev_pos"],
                                                 batch["prev_msa_first_row"], batch["prev_pair"])
         if c.max_relative_feature:
-            pair = pair + self.input_embedder.relpos(batch["residue_index"], batch.get("asym_id"))
+            add_relpos_(pair, self.input_embedder.relpos, batch["residue_index"], batch.get("asym_id"))
 
         seq_mask = batch["seq_mask"]
         pair_mask = seq_mask[:, None] * seq_mask[None, :]

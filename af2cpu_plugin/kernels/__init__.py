@@ -240,11 +240,19 @@ def install_block_cache(huge_pages: bool) -> bool:
 
 
 def block_cache_stats() -> dict:
-    """The cache's bytes (live, peak live, cached, peak mapped) and its hits and misses so far."""
+    """The cache's bytes (live, peak live, cached, peak mapped), its hits and misses so far, and the peak
+    of live bytes since :func:`block_cache_reset_window_peak` (``window_peak_bytes``)."""
     if not status()[0]:
         return {}
-    keys = ("live_bytes", "peak_live_bytes", "cached_bytes", "peak_mapped_bytes", "hits", "misses")
+    keys = ("live_bytes", "peak_live_bytes", "cached_bytes", "peak_mapped_bytes", "hits", "misses",
+            "window_peak_bytes")
     return dict(zip(keys, torch.ops.af2cpu.block_cache_stats()))
+
+
+def block_cache_reset_window_peak() -> None:
+    """Start a measurement window: ``window_peak_bytes`` restarts from the live bytes now."""
+    if status()[0]:
+        torch.ops.af2cpu.block_cache_reset_window_peak()
 
 
 def _ops():

@@ -58,11 +58,18 @@ class BlockCache final : public c10::Allocator {
 
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
 
-  // live, peak live, cached, peak mapped bytes; hits, misses.
+  // live, peak live, cached, peak mapped bytes; hits, misses; peak live since the last reset_window_peak.
   std::vector<int64_t> stats() {
     std::lock_guard<std::mutex> lock(mu_);
     return {int64_t(live_), int64_t(peak_live_), int64_t(cached_), int64_t(peak_mapped_), int64_t(hits_),
-            int64_t(misses_)};
+            int64_t(misses_), int64_t(window_peak_)};
+  }
+
+  // A measurement window (the cost model's calibration: one pass's own peak). The cache's
+  // sizing keeps using the peak since start.
+  void reset_window_peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    window_peak_ = live_;
   }
 
  private:
@@ -147,6 +154,7 @@ class BlockCache final : public c10::Allocator {
     sizes_.emplace(ptr, size);
     live_ += size;
     peak_live_ = std::max(peak_live_, live_);
+    window_peak_ = std::max(window_peak_, live_);
   }
 
   size_t evict_oldest() {
@@ -167,7 +175,7 @@ class BlockCache final : public c10::Allocator {
   std::multimap<size_t, uint64_t> by_size_;   // cached blocks: size -> age
   std::map<uint64_t, Free> by_age_;           // cached blocks, least recently freed first
   uint64_t next_age_ = 0;
-  size_t live_ = 0, peak_live_ = 0, cached_ = 0, mapped_ = 0, peak_mapped_ = 0;
+  size_t live_ = 0, peak_live_ = 0, cached_ = 0, mapped_ = 0, peak_mapped_ = 0, window_peak_ = 0;
   int64_t hits_ = 0, misses_ = 0;
 };
 
@@ -189,7 +197,11 @@ void block_cache_install(bool huge_pages) {
 }
 
 std::vector<int64_t> block_cache_stats() {
-  return cache ? cache->stats() : std::vector<int64_t>(6, 0);
+  return cache ? cache->stats() : std::vector<int64_t>(7, 0);
+}
+
+void block_cache_reset_window_peak() {
+  if (cache) cache->reset_window_peak();
 }
 
 }  // namespace af2cpu
@@ -197,4 +209,5 @@ std::vector<int64_t> block_cache_stats() {
 TORCH_LIBRARY_FRAGMENT(af2cpu, m) {
   m.def("block_cache_install(bool huge_pages) -> ()", &af2cpu::block_cache_install);
   m.def("block_cache_stats() -> int[]", &af2cpu::block_cache_stats);
+  m.def("block_cache_reset_window_peak() -> ()", &af2cpu::block_cache_reset_window_peak);
 }

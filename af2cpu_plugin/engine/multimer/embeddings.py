@@ -51,17 +51,21 @@ class RelativeChainEncoding(Scopeless):
 
     def forward(self, residue_index: torch.Tensor, asym_id: torch.Tensor, entity_id: torch.Tensor,
                 sym_id: torch.Tensor) -> torch.Tensor:
+        return self.rows(residue_index, residue_index, asym_id, asym_id, entity_id, entity_id, sym_id, sym_id)
+
+    def rows(self, index_i, index_j, asym_i, asym_j, entity_i, entity_j, sym_i, sym_j) -> torch.Tensor:
+        """The encoding's rows for residues ``i`` (a slice) against all residues ``j``."""
         r, c = self.max_relative_idx, self.max_relative_chain
         w = self.linear.weights
-        offset = torch.clamp((residue_index[:, None] - residue_index[None, :]).long() + r, 0, 2 * r)
+        offset = torch.clamp((index_i[:, None] - index_j[None, :]).long() + r, 0, 2 * r)
         if not self.use_chain_relative:
             return w[offset] + self.linear.bias
         # The one-hot rows are gathered rather than multiplied (the same numbers, no [L, L, 73] tensor).
-        same_chain = asym_id[:, None] == asym_id[None, :]
+        same_chain = asym_i[:, None] == asym_j[None, :]
         offset = torch.where(same_chain, offset, torch.full_like(offset, 2 * r + 1))
-        same_entity = entity_id[:, None] == entity_id[None, :]
+        same_entity = entity_i[:, None] == entity_j[None, :]
         num_pos = 2 * r + 2
-        rel_chain = torch.clamp((sym_id[:, None] - sym_id[None, :]).long() + c, 0, 2 * c)
+        rel_chain = torch.clamp((sym_i[:, None] - sym_j[None, :]).long() + c, 0, 2 * c)
         rel_chain = torch.where(same_entity, rel_chain, torch.full_like(rel_chain, 2 * c + 1))
         act = w[offset] + same_entity.to(w.dtype)[..., None] * w[num_pos]
         act = act + w[num_pos + 1 + rel_chain]

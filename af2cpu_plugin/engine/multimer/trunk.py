@@ -16,7 +16,7 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
-from ..embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder
+from ..embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder, add_relpos_
 from ..evoformer import EvoformerStack
 from ..policy import trunk_precision
 from ..primitives import Linear
@@ -70,8 +70,8 @@ class EmbeddingsAndEvoformer(nn.Module):
         msa, pair = self.input_embedder(target_feat, sampled["msa_feat"])
         msa, pair = self.recycling_embedder(msa, pair, aatype, batch["prev_pos"], batch["prev_msa_first_row"],
                                             batch["prev_pair"])
-        pair = pair + self.input_embedder.relpos(batch["residue_index"], batch["asym_id"], batch["entity_id"],
-                                                 batch["sym_id"])
+        add_relpos_(pair, self.input_embedder.relpos, batch["residue_index"], batch["asym_id"], batch["entity_id"],
+                    batch["sym_id"])
         seq_mask = batch["seq_mask"]
         pair_mask = seq_mask[:, None] * seq_mask[None, :]
         msa_mask = sampled["msa_mask"]

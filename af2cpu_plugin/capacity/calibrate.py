@@ -1,0 +1,220 @@
+"""``af2cpu calibrate``: measure this machine's cost-model coefficients and store them.
+
+Each measurement is one child process pinned to the same CPUs (its peak RSS
+is its own): model 3 ptm with random weights (the cost does not depend on the
+values; all 48 blocks' weights are loaded, as in a real run), a single
+sequence of L residues, the first ``MAIN_BLOCKS`` Evoformer blocks, two passes
+(the first warms the allocator and the weight layouts, the second is timed).
+Every Evoformer block allocates the same, so the peak of a pass with two
+blocks is the peak with 48; the time is scaled by the FLOP count of
+:mod:`.flops`. Takes a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from af2cpu_plugin.atomic import atomic_write_bytes
+
+from . import cost_model, flops
+
+MAIN_BLOCKS = 2
+# A real protein's letters (any sequence would do: the cost depends on the length only).
+_SEQUENCE = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEG"
+LENGTHS = (256, 512, 768)
+# (channel_groups, lengths measured): 1 and 4 at every length; 16 (rarely chosen) at the longest.
+GROUP_LENGTHS = {1: LENGTHS, 4: LENGTHS, 16: LENGTHS[-1:]}
+
+
+def _current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(num_res: int, precision: str, groups: int, threads: int, data_dir: str,
+            main_blocks: int = MAIN_BLOCKS, passes: int = 2) -> dict:
+    """One pass's peak RSS and time, in this process (call it in a fresh child)."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from af2cpu_plugin.converters import load_params, nested
+    from af2cpu_plugin.engine.policy import RuntimePolicy
+    from af2cpu_plugin.hooks.colabfold_seam import params_path
+    from af2cpu_plugin.runner import CpuRunModel, zero_prev
+    from af2cpu_plugin.testing import parity
+
+    def features(length: int, passes: int):
+        sequence = (_SEQUENCE * (length // len(_SEQUENCE) + 1))[:length]
+        cfg = parity.colabfold_config("model_3_ptm", passes - 1, msa_depth=1, recycle_early_stop_tolerance=-1.0)
+        return cfg, parity.processed_features(cfg, sequence)
+
+    cfg, feat = features(num_res, passes)
+    runner = CpuRunModel(cfg, nested(load_params(params_path(data_dir, "alphafold2_ptm", 3))),
+                         policy=RuntimePolicy(precision=precision, channel_groups=groups))
+    # One short pass through all 48 blocks first: every block's weights in their kernel layouts
+    # (and the kernels loaded), as in a real run; then only the first blocks at full length.
+    _, tiny = features(16, 1)
+    runner.forward_pass({k: v[0] for k, v in tiny.items()}, zero_prev(16))
+    del runner.model.evoformer.evoformer_iteration[main_blocks:]
+    from af2cpu_plugin import kernels
+    from af2cpu_plugin.engine import progress
+
+    base = _current_rss()
+    live_before = kernels.block_cache_stats().get("live_bytes")  # None without the native block cache
+    prev = zero_prev(num_res)
+    times, stamps = [], []
+    for r in range(passes):
+        kernels.block_cache_reset_window_peak()
+        stamps.clear()
+        start = time.perf_counter()
+        with progress.observing(lambda: stamps.append(time.perf_counter())):
+            _, prev = runner.forward_pass({k: v[r] for k, v in feat.items()}, prev)
+        prev = {k: np.asarray(v, np.float16) for k, v in prev.items()}
+        times.append(time.perf_counter() - start)
+    cache = kernels.block_cache_stats()
+    # A main block's time: between the ends of the last two (the first block of a pass also waits for
+    # whatever the pass did before it).
+    block = stamps[-1] - stamps[-2] if len(stamps) > 1 else None
+    return {"num_res": num_res, "precision": precision, "groups": groups, "main_blocks": main_blocks,
+            "base_bytes": base, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "pass_live_bytes": (cache["window_peak_bytes"] - live_before) if cache else None,
+            "seconds": times[-1], "block_seconds": block}
+
+
+def run_child(num_res: int, precision: str, groups: int, threads: int, data_dir: str,
+              main_blocks: int = MAIN_BLOCKS) -> dict:
+    """:func:`measure` in a fresh child process, pinned to this process's CPUs (it inherits the affinity mask)."""
+    cmd = [sys.executable, "-m", "af2cpu_plugin.capacity.calibrate", "--child", str(num_res), precision,
+           str(groups), str(threads), data_dir, str(main_blocks)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", THP_MEM_ALLOC_ENABLE=os.environ.get("THP_MEM_ALLOC_ENABLE", "1"))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"calibration child failed ({num_res} residues, {precision}, {groups} groups):\n"
+                           + proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _activation_bytes(row: dict) -> float:
+    """The pair-proportional part of a measured peak: the rise of the block cache's live bytes during the
+    pass (exact) when it ran, else the RSS rise; the MSA terms (counted, not fitted) taken off."""
+    _, msa, extra = cost_model.tensor_bytes(cost_model.Workload(row["num_res"]))
+    live = row.get("pass_live_bytes")
+    above = live if live is not None else row["peak_rss_bytes"] - row["base_bytes"]
+    return above - cost_model.K_MSA * msa - cost_model.K_EXTRA * extra
+
+
+def _nnls_fit(columns: List[List[float]], y: List[float]) -> List[float]:
+    import numpy as np
+    from scipy.optimize import nnls
+
+    return [float(v) for v in nnls(np.array(columns).T, np.array(y))[0]]
+
+
+def fit(rows: List[dict], cpu: str, threads: int) -> cost_model.Coefficients:
+    """Coefficients from measurements (see :mod:`.cost_model` for the model)."""
+    import numpy as np
+
+    k_pair: Dict[str, Dict[int, float]] = {}
+    for precision in sorted({r["precision"] for r in rows}):
+        for g in sorted({r["groups"] for r in rows if r["precision"] == precision}):
+            points = [r for r in rows if r["groups"] == g and r["precision"] == precision]
+            # Least squares through the origin: the longest runs, where the pair terms dominate, weigh most.
+            live = np.array([_activation_bytes(r) for r in points])
+            pair = np.array([cost_model.tensor_bytes(cost_model.Workload(r["num_res"]))[0] for r in points])
+            k_pair.setdefault(precision, {})[g] = float(live @ pair / (pair @ pair))
+    time_fits: Dict[str, Dict[str, float]] = {}
+    for precision in sorted({r["precision"] for r in rows}):
+        timed = [r for r in rows if r["precision"] == precision and r["groups"] == 1 and r.get("block_seconds")]
+        if len(timed) < 2:
+            continue
+        # A main Evoformer block: its matmul work at an achieved rate, plus per-pair-element work.
+        inv_rate, per_element = _nnls_fit(
+            [[flops.main_block_flops(r["num_res"], 1) for r in timed], [r["num_res"] ** 2 for r in timed]],
+            [r["block_seconds"] for r in timed])
+        # The rest of the pass (embeddings, extra-MSA stack, structure module, heads) the same way, plus a constant.
+        rest_inv_rate, rest_per_element, fixed = _nnls_fit(
+            [[flops.pass_flops(r["num_res"], main_blocks=0) for r in timed],
+             [r["num_res"] ** 2 * flops.pair_blocks(main_blocks=0) for r in timed], [1.0] * len(timed)],
+            [r["seconds"] - r["main_blocks"] * r["block_seconds"] for r in timed])
+        time_fits[precision] = {"block_seconds_per_flop": inv_rate, "block_seconds_per_pair_element": per_element,
+                                "rest_seconds_per_flop": rest_inv_rate,
+                                "rest_seconds_per_pair_element": rest_per_element, "fixed_seconds": fixed}
+    factor = {1: 1.0}
+    for g in k_pair.get("fp32", {}):
+        pairs = [(r, s) for r in rows for s in rows if g != 1 and r["groups"] == g and s["groups"] == 1
+                 and r["num_res"] == s["num_res"] and r["precision"] == s["precision"] == "fp32"]
+        if pairs:
+            factor[g] = float(max(1.0, np.mean([r["seconds"] / s["seconds"] for r, s in pairs])))
+    precisions = sorted({r["precision"] for r in rows})
+    fitted = cost_model.Coefficients(base_bytes={p: 0.0 for p in precisions}, k_pair=k_pair, time=time_fits,
+                                     group_time_factor=factor, cpu=cpu, threads=threads, calibrated=True)
+    # The base, per precision: the process before the pass (libraries, weights in their kernel layouts),
+    # as measured. (Fitting it as the residual of the peaks instead let the small runs, whose activations
+    # fit in blocks the weights' conversion had left in the cache, pull it up: +16% at 600 residues.)
+    base = {p: float(np.median([r["base_bytes"] for r in rows if r["precision"] == p])) for p in precisions}
+    fitted = dataclasses.replace(fitted, base_bytes=base)
+    # What the peak holds outside the block cache, per pair-sized tensor: the heads' logits and the
+    # confidence functions' numpy temporaries at the end of the pass, on top of the blocks the cache
+    # keeps mapped from the trunk's peak. Least squares through the origin over every run.
+    k_outside = {}
+    for p in precisions:
+        mine = [r for r in rows if r["precision"] == p]
+        pair = np.array([cost_model.tensor_bytes(cost_model.Workload(r["num_res"]))[0] for r in mine])
+        rest = np.array([r["peak_rss_bytes"] - cost_model.peak_rss(cost_model.Workload(r["num_res"]), r["groups"],
+                                                                   fitted, p) for r in mine])
+        k_outside[p] = max(0.0, float(rest @ pair / (pair @ pair)))
+    return dataclasses.replace(fitted, k_outside=k_outside)
+
+
+def calibrate(threads: int, data_dir: Optional[str] = None, log=print) -> Path:
+    """Measure, fit and store this machine's coefficients for ``threads``; returns the file."""
+    from af2cpu_plugin.cpu import cpu_info, resolve_precision
+    from af2cpu_plugin.random_params import write_random_params
+
+    info = cpu_info()
+    data_dir = data_dir or str(cost_model.calibration_dir() / "data")
+    log(f"CPU: {info.describe()}; {threads} threads")
+    log("random weights for the measurements (model 3; made once)...")
+    write_random_params(data_dir, "alphafold2_ptm", models=(3,), seed=0)
+    plan = [(L, "fp32", g) for g, lengths in GROUP_LENGTHS.items() for L in lengths]
+    if resolve_precision("auto", info) == "bf16":
+        plan += [(L, "bf16", 1) for L in LENGTHS] + [(LENGTHS[-1], "bf16", 4)]
+    rows = []
+    for L, precision, groups in plan:
+        row = run_child(L, precision, groups, threads, data_dir)
+        log(f"  {L} residues, {precision}, {groups} channel group(s): peak RSS "
+            f"{row['peak_rss_bytes'] / cost_model.GIB:.2f} GiB, {row['seconds']:.1f} s per pass "
+            f"({MAIN_BLOCKS} Evoformer blocks)")
+        rows.append(row)
+    coefficients = fit(rows, info.model, threads)
+    path = cost_model.save(coefficients)
+    atomic_write_bytes(path.with_suffix(".measurements.json"), json.dumps(rows, indent=1).encode())
+    log(f"stored {path}")
+    return path
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    num_res, precision, groups, threads, data_dir, main_blocks = argv
+    from af2cpu_plugin.cli import _setup_environment
+
+    _setup_environment()
+    row = measure(int(num_res), precision, int(groups), int(threads), data_dir, int(main_blocks))
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", nargs=6)
+    args = ap.parse_args()
+    sys.exit(_child_main(args.child))

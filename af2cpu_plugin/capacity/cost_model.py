@@ -1,0 +1,229 @@
+"""Predicted peak RSS and time per recycling pass, and the chunking that fits a memory limit.
+
+Memory. A pass's peak is the process before it (libraries, weights) plus the
+activations live at the worst moment, and at every length those are a few
+whole tensors of three kinds: the pair representation [L, L, 128] in fp32
+(``pair_bytes``), the MSA [S, L, 256] and the extra MSA [E, L, 64]. So
+
+    live = k_pair[precision][groups] · pair_bytes + k_msa · msa_bytes + k_extra · extra_bytes
+    peak = base + live + min(live / 4, 256 MiB) + k_outside · pair_bytes
+
+the third term being what the engine's block cache keeps mapped above the
+live peak, the last what the end of the pass holds outside that cache (the
+heads' logits, the confidence functions' numpy temporaries: the cache keeps
+the trunk's blocks mapped, so these come on top). ``k_pair`` depends on the triangle multiplication's ``channel_groups``
+(1: its whole [4c, L, L] projection at once; more: the grouped, row-sliced
+path) and is measured by :mod:`.calibrate` (the block cache's own count of
+live bytes during a pass), with ``base``; ``k_msa`` and ``k_extra`` are
+counted from the engine (the stream, its LayerNorm copy and the attention
+slices: two of each, three for the extra MSA, whose embedding also makes a
+transient copy).
+
+Time. A main Evoformer block costs ``flops_block / rate + e · L²`` (its
+matmul work from :mod:`.flops` at the achieved rate, and the elementwise
+work of its pair updates: LayerNorms, softmax, gating, memory-bound, so per
+element); the rest of the pass (embeddings, the extra-MSA and template
+stacks, structure module, heads) the same way with its own two
+coefficients, plus a constant. The calibration times the main blocks apart
+from the rest (the engine's progress hook), per precision. More channel
+groups cost a little time (the grouped path recomputes a LayerNorm per
+group), measured as a factor.
+
+Without a calibration file for this CPU and thread count the built-in
+coefficients are used (measured on an AMD Zen 5, 2 threads), and
+``Estimate.calibrated`` says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from . import flops
+
+GIB = 1 << 30
+#: channel_groups the engine may choose, cheapest first (it divides the 128 intermediate channels).
+GROUP_CHOICES = (1, 4, 16)
+#: From this length the grouped triangle multiplication costs no time: `af2cpu calibrate` on a Zen 5,
+#: 2 threads, a pass with 2 Evoformer blocks: 13.4 s grouped vs 13.7 s whole at 512 residues, 34.4 vs 36.7 s
+#: at 768 (2.7 vs 2.4 s at 256).
+GROUPED_FROM = 512
+#: Counted, not fitted (see the module docstring).
+K_MSA, K_EXTRA = 2.0, 3.0
+COEFFICIENTS_VERSION = 4
+CACHE_SLACK_BYTES = 256 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What one model pass sees.
+
+    num_res: residues (all chains); msa_depth: MSA cluster rows the model
+    embeds (1 for a single sequence); extra_msa_depth: extra-MSA rows;
+    templates: template count (0: none); multimer: an AlphaFold-Multimer model.
+    """
+
+    num_res: int
+    msa_depth: int = 1
+    extra_msa_depth: int = 1
+    templates: int = 0
+    multimer: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    peak_rss_bytes: int
+    seconds_per_pass: float
+    channel_groups: int  # triangle multiplication: channels contracted in this many groups (1: unchunked)
+    memory_limit: Optional[int]  # bytes the prediction must fit in (None: no limit known)
+    calibrated: bool  # coefficients measured on this machine (else built-in defaults)
+
+    @property
+    def fits(self) -> bool:
+        return self.memory_limit is None or self.peak_rss_bytes <= self.memory_limit
+
+
+@dataclasses.dataclass(frozen=True)
+class Coefficients:
+    """What the calibration measures (see the module docstring for the model).
+
+    ``base_bytes[precision]``: the process before the activations (bf16 holds its weights' GEMM
+    layouts in bf16: less). ``k_pair[precision][groups]``: pair-sized tensors live at the trunk's
+    peak (torch's, counted by the block cache). ``k_outside[precision]``: pair-sized memory held
+    outside the cache at the end of the pass (heads, the confidence functions' numpy temporaries).
+    ``time[precision]``: seconds per FLOP and per pair element of a main
+    Evoformer block, the same for the rest of the pass, and a fixed cost.
+    ``group_time_factor[groups]``: time relative to 1 group.
+    """
+
+    base_bytes: Dict[str, float]
+    k_pair: Dict[str, Dict[int, float]]
+    time: Dict[str, Dict[str, float]]
+    group_time_factor: Dict[int, float]
+    k_outside: Dict[str, float] = dataclasses.field(default_factory=dict)
+    cpu: str = ""
+    threads: int = 0
+    calibrated: bool = False
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["version"] = COEFFICIENTS_VERSION
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Coefficients":
+        if d.get("version") != COEFFICIENTS_VERSION:
+            raise ValueError(f"calibration format {d.get('version')!r}, expected {COEFFICIENTS_VERSION}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in fields}
+        d["k_pair"] = {p: {int(g): float(k) for g, k in by_group.items()} for p, by_group in d["k_pair"].items()}
+        d["group_time_factor"] = {int(k): float(v) for k, v in d["group_time_factor"].items()}
+        return cls(**d)
+
+
+#: Built-in: ``af2cpu calibrate`` on an AMD EPYC Zen 5, 2 threads (2026-11-29), rounded.
+DEFAULT = Coefficients(
+    base_bytes={"fp32": 1.16 * GIB, "bf16": 1.05 * GIB},
+    k_pair={"fp32": {1: 7.1, 4: 3.2, 16: 3.05}, "bf16": {1: 4.0, 4: 3.5}},
+    k_outside={"fp32": 0.87, "bf16": 2.1},
+    time={"fp32": {"block_seconds_per_flop": 1 / 359e9, "block_seconds_per_pair_element": 2.1e-6,
+                   "rest_seconds_per_flop": 1 / 221e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0},
+          "bf16": {"block_seconds_per_flop": 0.0, "block_seconds_per_pair_element": 3.9e-6,
+                   "rest_seconds_per_flop": 1 / 468e9, "rest_seconds_per_pair_element": 3.0e-7, "fixed_seconds": 0.0}},
+    group_time_factor={1: 1.0, 4: 1.01, 16: 1.0},
+)
+
+
+def calibration_dir() -> Path:
+    root = os.environ.get("AF2CPU_CALIBRATION_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "af2cpu-plugin" / "calibration"
+
+
+def calibration_path(cpu_model: str, threads: int) -> Path:
+    safe = "".join(ch if ch.isalnum() else "-" for ch in cpu_model).strip("-") or "cpu"
+    return calibration_dir() / f"{safe}-{threads}t.json"
+
+
+def load(cpu_model: Optional[str] = None, threads: Optional[int] = None) -> Coefficients:
+    """This machine's calibration for ``threads`` if one is stored, else :data:`DEFAULT`."""
+    if cpu_model is None:
+        from af2cpu_plugin.cpu import cpu_info
+
+        cpu_model = cpu_info().model
+    path = calibration_path(cpu_model, threads or 1)
+    try:
+        return _read(str(path), path.stat().st_mtime_ns)
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: str, mtime_ns: int) -> Coefficients:
+    """Parsed once per file version (the runner asks once per pass)."""
+    return Coefficients.from_json(json.loads(Path(path).read_text()))
+
+
+def save(coefficients: Coefficients) -> Path:
+    from af2cpu_plugin.atomic import atomic_write_bytes
+
+    path = calibration_path(coefficients.cpu, coefficients.threads)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(coefficients.to_json(), indent=2).encode())
+    return path
+
+
+def tensor_bytes(workload: Workload) -> Tuple[int, int, int]:
+    """(pair, MSA, extra-MSA) bytes of one fp32 copy of each representation."""
+    L = workload.num_res
+    return (L * L * flops.C_Z * 4, max(workload.msa_depth, 1) * L * flops.C_M * 4,
+            max(workload.extra_msa_depth, 1) * L * flops.C_E * 4)
+
+
+def peak_rss(workload: Workload, groups: int, coefficients: Coefficients = DEFAULT, precision: str = "fp32") -> int:
+    """``base`` plus the activations live at the peak, plus what the engine's block cache keeps mapped
+    above them (``kernels/block_cache.cpp``: a quarter of the peak, at most 256 MiB)."""
+    pair, msa, extra = tensor_bytes(workload)
+    by_group = coefficients.k_pair.get(precision) or coefficients.k_pair["fp32"]
+    k_pair = by_group.get(groups, max(by_group.values()))
+    live = k_pair * pair + K_MSA * msa + K_EXTRA * extra
+    base = coefficients.base_bytes.get(precision) or coefficients.base_bytes["fp32"]
+    outside = coefficients.k_outside.get(precision, 0.0) * pair
+    return int(base + live + min(live / 4, CACHE_SLACK_BYTES) + outside)
+
+
+def seconds_per_pass(workload: Workload, precision: str, groups: int,
+                     coefficients: Coefficients = DEFAULT) -> float:
+    L, T = workload.num_res, workload.templates
+    rows = workload.msa_depth + (T if T and not workload.multimer else 0)  # template torsion rows
+    t = coefficients.time.get(precision) or coefficients.time["fp32"]
+    block = t["block_seconds_per_flop"] * flops.main_block_flops(L, rows) + t["block_seconds_per_pair_element"] * L * L
+    rest = (t["rest_seconds_per_flop"] * flops.pass_flops(L, rows, workload.extra_msa_depth, T, main_blocks=0)
+            + t["rest_seconds_per_pair_element"] * L * L * flops.pair_blocks(T, main_blocks=0)
+            + t["fixed_seconds"])
+    return (flops.MAIN_BLOCKS * block + rest) * coefficients.group_time_factor.get(groups, 1.0)
+
+
+def estimate(workload: Workload, precision: str = "fp32", threads: int = 1,
+             memory_limit: Optional[int] = None, coefficients: Optional[Coefficients] = None) -> Estimate:
+    """The chunking the engine will use, and its predicted peak RSS and time per pass.
+
+    From :data:`GROUPED_FROM` residues the grouped triangle multiplication
+    (4 groups) is as fast as the whole one, so it is used even when memory is
+    plentiful; below that, 1 group. More groups where ``memory_limit`` needs
+    them; when nothing fits, the most frugal choice (``Estimate.fits`` says so).
+    """
+    c = coefficients or load(threads=threads)
+    choices = [g for g in GROUP_CHOICES if g >= (4 if workload.num_res >= GROUPED_FROM else 1)]
+    if memory_limit is None:
+        groups = choices[0]
+    else:
+        groups = next((g for g in choices if peak_rss(workload, g, c, precision) <= memory_limit), choices[-1])
+    return Estimate(peak_rss_bytes=peak_rss(workload, groups, c, precision),
+                    seconds_per_pass=seconds_per_pass(workload, precision, groups, c),
+                    channel_groups=groups, memory_limit=memory_limit, calibrated=c.calibrated)
