@@ -109,7 +109,9 @@ def _chart(rows: list, path: Path) -> None:
     ax.text(ax.get_xlim()[0], 22.3, "22 GiB", color="grey", fontsize=8)
     ax.set_xlabel("residues (single sequence)")
     ax.set_ylabel("peak RSS of one pass (GiB)")
-    ax.set_title(rows[0].get("cpu", "")[:60], fontsize=8)
+    cpu = rows[0].get("cpu", "").split(" | ")
+    ax.set_title(f"{cpu[0]}, {cpu[1] if len(cpu) > 1 else ''}; one pass, first "
+                 f"{min(r['blocks'] for r in rows)}-{max(r['blocks'] for r in rows)} of 48 Evoformer blocks", fontsize=8)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
