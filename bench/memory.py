@@ -8,8 +8,11 @@ coefficients for this machine, else the built-in ones) and its error.
 Long passes take hours on 2 cores, and every Evoformer block allocates the
 same, so ``--blocks N`` runs only the first N of the 48 Evoformer blocks
 (all weights loaded, the 4 extra-MSA blocks, structure module and heads
-whole): the peak RSS is the full pass's, the time is not (the table says
-which). JAX then runs an N-block model, whose weights are smaller than the
+whole): the activations at the peak are the full pass's, the time is not
+(the table says which). A real run also builds the weights' kernel layouts
+during its first full-length pass, which the probe does in a short warm-up
+first: at 600 residues a full 2-pass run (``bench/speed.py``) peaked up to
+0.7 GiB higher than the probe. JAX then runs an N-block model, whose weights are smaller than the
 full model's by (48 - N) blocks (about 7 MiB each): its peak is, if anything,
 understated. JAX is run up to ``--jax-max`` residues (its peak grows as
 about 5.9e-6 GiB·L²: 24 GB is reached near 1,900).
@@ -43,12 +46,9 @@ def _jax_child(num_res: int, blocks: int, data: str) -> dict:
     from alphafold.model import model as af_model
     from colabfold.alphafold.models import get_model_haiku_params
 
-    from af2cpu_plugin.capacity.calibrate import _SEQUENCE
-    from af2cpu_plugin.testing import parity
+    from af2cpu_plugin.capacity.calibrate import single_sequence_case
 
-    sequence = (_SEQUENCE * (num_res // len(_SEQUENCE) + 1))[:num_res]
-    cfg = parity.colabfold_config("model_3_ptm", 0, msa_depth=1, recycle_early_stop_tolerance=-1.0)
-    feat = parity.processed_features(cfg, sequence)
+    cfg, feat = single_sequence_case(num_res)
     cfg.model.embeddings_and_evoformer.evoformer_num_block = blocks
     params = get_model_haiku_params(data, "alphafold2_ptm", "3", use_fuse=True)
     stack = "alphafold/alphafold_iteration/evoformer/evoformer_iteration"

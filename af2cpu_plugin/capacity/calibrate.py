@@ -5,9 +5,13 @@ is its own): model 3 ptm with random weights (the cost does not depend on the
 values; all 48 blocks' weights are loaded, as in a real run), a single
 sequence of L residues, the first ``MAIN_BLOCKS`` Evoformer blocks, two passes
 (the first warms the allocator and the weight layouts, the second is timed).
-Every Evoformer block allocates the same, so the peak of a pass with two
-blocks is the peak with 48; the time is scaled by the FLOP count of
-:mod:`.flops`. Takes a few minutes on 2 cores.
+Every Evoformer block allocates the same, so the activations at the peak of
+a pass with two blocks are those of a pass with 48 (a real run also builds
+the weights' kernel layouts during its first full-length pass, which this
+warm-up does beforehand: at 600 residues a full run peaked up to 0.7 GiB
+higher; the model does not count that yet). The main blocks are timed apart
+from the rest of the pass and scaled by :mod:`.flops`. About 12 minutes on 2
+cores.
 """
 
 from __future__ import annotations
@@ -40,30 +44,33 @@ def _current_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def single_sequence_case(num_res: int, passes: int = 1):
+    """(ColabFold's model 3 config, its processed features) for one chain of ``num_res`` residues, no MSA,
+    ``passes`` recycling passes with early stop off (also ``bench/memory.py``'s JAX runs)."""
+    from af2cpu_plugin.testing import parity
+
+    sequence = (_SEQUENCE * (num_res // len(_SEQUENCE) + 1))[:num_res]
+    cfg = parity.colabfold_config("model_3_ptm", passes - 1, msa_depth=1, recycle_early_stop_tolerance=-1.0)
+    return cfg, parity.processed_features(cfg, sequence)
+
+
 def measure(num_res: int, precision: str, groups: int, threads: int, data_dir: str,
             main_blocks: int = MAIN_BLOCKS, passes: int = 2) -> dict:
     """One pass's peak RSS and time, in this process (call it in a fresh child)."""
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
     from af2cpu_plugin.converters import load_params, nested
     from af2cpu_plugin.engine.policy import RuntimePolicy
     from af2cpu_plugin.hooks.colabfold_seam import params_path
-    from af2cpu_plugin.runner import CpuRunModel, zero_prev
-    from af2cpu_plugin.testing import parity
+    from af2cpu_plugin.runner import CpuRunModel, _to_float16, zero_prev
 
-    def features(length: int, passes: int):
-        sequence = (_SEQUENCE * (length // len(_SEQUENCE) + 1))[:length]
-        cfg = parity.colabfold_config("model_3_ptm", passes - 1, msa_depth=1, recycle_early_stop_tolerance=-1.0)
-        return cfg, parity.processed_features(cfg, sequence)
-
-    cfg, feat = features(num_res, passes)
+    cfg, feat = single_sequence_case(num_res, passes)
     runner = CpuRunModel(cfg, nested(load_params(params_path(data_dir, "alphafold2_ptm", 3))),
                          policy=RuntimePolicy(precision=precision, channel_groups=groups))
     # One short pass through all 48 blocks first: every block's weights in their kernel layouts
     # (and the kernels loaded), as in a real run; then only the first blocks at full length.
-    _, tiny = features(16, 1)
+    _, tiny = single_sequence_case(16)
     runner.forward_pass({k: v[0] for k, v in tiny.items()}, zero_prev(16))
     del runner.model.evoformer.evoformer_iteration[main_blocks:]
     from af2cpu_plugin import kernels
@@ -79,7 +86,7 @@ def measure(num_res: int, precision: str, groups: int, threads: int, data_dir: s
         start = time.perf_counter()
         with progress.observing(lambda: stamps.append(time.perf_counter())):
             _, prev = runner.forward_pass({k: v[r] for k, v in feat.items()}, prev)
-        prev = {k: np.asarray(v, np.float16) for k, v in prev.items()}
+        prev = _to_float16(prev)
         times.append(time.perf_counter() - start)
     cache = kernels.block_cache_stats()
     # A main block's time: between the ends of the last two (the first block of a pass also waits for
@@ -113,6 +120,18 @@ def _activation_bytes(row: dict) -> float:
     return above - cost_model.K_MSA * msa - cost_model.K_EXTRA * extra
 
 
+def _pair_bytes(row: dict) -> int:
+    return cost_model.tensor_bytes(cost_model.Workload(row["num_res"]))[0]
+
+
+def _through_origin(x: List[float], y: List[float]) -> float:
+    """Least-squares slope of ``y = k·x``: the longest runs, where the pair terms dominate, weigh most."""
+    import numpy as np
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return float(x @ y / (x @ x))
+
+
 def _nnls_fit(columns: List[List[float]], y: List[float]) -> List[float]:
     import numpy as np
     from scipy.optimize import nnls
@@ -124,16 +143,15 @@ def fit(rows: List[dict], cpu: str, threads: int) -> cost_model.Coefficients:
     """Coefficients from measurements (see :mod:`.cost_model` for the model)."""
     import numpy as np
 
+    precisions = sorted({r["precision"] for r in rows})
     k_pair: Dict[str, Dict[int, float]] = {}
-    for precision in sorted({r["precision"] for r in rows}):
+    for precision in precisions:
         for g in sorted({r["groups"] for r in rows if r["precision"] == precision}):
             points = [r for r in rows if r["groups"] == g and r["precision"] == precision]
-            # Least squares through the origin: the longest runs, where the pair terms dominate, weigh most.
-            live = np.array([_activation_bytes(r) for r in points])
-            pair = np.array([cost_model.tensor_bytes(cost_model.Workload(r["num_res"]))[0] for r in points])
-            k_pair.setdefault(precision, {})[g] = float(live @ pair / (pair @ pair))
+            k_pair.setdefault(precision, {})[g] = _through_origin([_pair_bytes(r) for r in points],
+                                                                  [_activation_bytes(r) for r in points])
     time_fits: Dict[str, Dict[str, float]] = {}
-    for precision in sorted({r["precision"] for r in rows}):
+    for precision in precisions:
         timed = [r for r in rows if r["precision"] == precision and r["groups"] == 1 and r.get("block_seconds")]
         if len(timed) < 2:
             continue
@@ -149,30 +167,29 @@ def fit(rows: List[dict], cpu: str, threads: int) -> cost_model.Coefficients:
         time_fits[precision] = {"block_seconds_per_flop": inv_rate, "block_seconds_per_pair_element": per_element,
                                 "rest_seconds_per_flop": rest_inv_rate,
                                 "rest_seconds_per_pair_element": rest_per_element, "fixed_seconds": fixed}
+    # Each channel-group count's time against 1 group, at the same length, in fp32.
     factor = {1: 1.0}
+    whole = {r["num_res"]: r["seconds"] for r in rows if r["groups"] == 1 and r["precision"] == "fp32"}
     for g in k_pair.get("fp32", {}):
-        pairs = [(r, s) for r in rows for s in rows if g != 1 and r["groups"] == g and s["groups"] == 1
-                 and r["num_res"] == s["num_res"] and r["precision"] == s["precision"] == "fp32"]
-        if pairs:
-            factor[g] = float(max(1.0, np.mean([r["seconds"] / s["seconds"] for r, s in pairs])))
-    precisions = sorted({r["precision"] for r in rows})
-    fitted = cost_model.Coefficients(base_bytes={p: 0.0 for p in precisions}, k_pair=k_pair, time=time_fits,
-                                     group_time_factor=factor, cpu=cpu, threads=threads, calibrated=True)
+        ratios = [r["seconds"] / whole[r["num_res"]] for r in rows
+                  if g != 1 and r["groups"] == g and r["precision"] == "fp32" and r["num_res"] in whole]
+        if ratios:
+            factor[g] = float(max(1.0, np.mean(ratios)))
     # The base, per precision: the process before the pass (libraries, weights in their kernel layouts),
     # as measured. (Fitting it as the residual of the peaks instead let the small runs, whose activations
     # fit in blocks the weights' conversion had left in the cache, pull it up: +16% at 600 residues.)
     base = {p: float(np.median([r["base_bytes"] for r in rows if r["precision"] == p])) for p in precisions}
-    fitted = dataclasses.replace(fitted, base_bytes=base)
+    fitted = cost_model.Coefficients(base_bytes=base, k_pair=k_pair, time=time_fits, group_time_factor=factor,
+                                     cpu=cpu, threads=threads, calibrated=True)
     # What the peak holds outside the block cache, per pair-sized tensor: the heads' logits and the
     # confidence functions' numpy temporaries at the end of the pass, on top of the blocks the cache
-    # keeps mapped from the trunk's peak. Least squares through the origin over every run.
+    # keeps mapped from the trunk's peak.
     k_outside = {}
     for p in precisions:
         mine = [r for r in rows if r["precision"] == p]
-        pair = np.array([cost_model.tensor_bytes(cost_model.Workload(r["num_res"]))[0] for r in mine])
-        rest = np.array([r["peak_rss_bytes"] - cost_model.peak_rss(cost_model.Workload(r["num_res"]), r["groups"],
-                                                                   fitted, p) for r in mine])
-        k_outside[p] = max(0.0, float(rest @ pair / (pair @ pair)))
+        rest = [r["peak_rss_bytes"] - cost_model.peak_rss(cost_model.Workload(r["num_res"]), r["groups"], fitted, p)
+                for r in mine]
+        k_outside[p] = max(0.0, _through_origin([_pair_bytes(r) for r in mine], rest))
     return dataclasses.replace(fitted, k_outside=k_outside)
 
 

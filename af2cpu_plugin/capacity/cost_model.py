@@ -187,7 +187,8 @@ def tensor_bytes(workload: Workload) -> Tuple[int, int, int]:
 
 def peak_rss(workload: Workload, groups: int, coefficients: Coefficients = DEFAULT, precision: str = "fp32") -> int:
     """``base`` plus the activations live at the peak, plus what the engine's block cache keeps mapped
-    above them (``kernels/block_cache.cpp``: a quarter of the peak, at most 256 MiB)."""
+    above them (``kernels/block_cache.cpp``: a quarter of the peak, at most 256 MiB), plus what the end
+    of the pass holds outside that cache."""
     pair, msa, extra = tensor_bytes(workload)
     by_group = coefficients.k_pair.get(precision) or coefficients.k_pair["fp32"]
     k_pair = by_group.get(groups, max(by_group.values()))

@@ -42,13 +42,16 @@ def subbatched(
     for every module that slices.
     """
     size = max(t.shape[dim] for t in batched)
-    chunk = _rows_per_slice(batched, dim, size, temp_row_bytes)
-    if chunk is None or chunk >= size:
+    row_bytes = max(
+        (t.numel() // t.shape[dim] * t.element_size() for t in batched if t.shape[dim] == size and size > 0),
+        default=1,
+    )
+    chunk = _rows_per_slice(size, row_bytes, temp_row_bytes)
+    if chunk >= size:
         out = fn(*batched, *shared)
         return out if add_into is None else residual_add_(add_into, out)
     outputs = []
-    for start in range(0, size, chunk):
-        length = min(chunk, size - start)
+    for start, length in _slices(size, chunk):
         sliced = [t if t.shape[dim] == 1 else t.narrow(dim, start, length) for t in batched]
         out = fn(*sliced, *shared)
         if add_into is None:
@@ -58,35 +61,31 @@ def subbatched(
     return add_into if add_into is not None else torch.cat(outputs, dim=dim)
 
 
-def row_slices(size: int, row_bytes: int) -> Iterator[Tuple[int, int]]:
-    """``(start, length)`` of the policy's slices of ``size`` rows of ``row_bytes`` each.
+def row_slices(t: torch.Tensor) -> Iterator[Tuple[int, int]]:
+    """``(start, length)`` of the policy's slices of ``t``'s rows (its first axis), as :func:`subbatched`
+    would slice it.
 
     For modules that fill or update a tensor slice by slice themselves (the
-    grouped triangle multiplication) rather than through :func:`subbatched`.
+    embedders adding into the pair, the grouped triangle multiplication)
+    rather than through :func:`subbatched`.
     """
-    policy = current_policy()
-    if policy.subbatch_size is not None:
-        chunk = policy.subbatch_size
-    elif policy.slice_bytes is None:
-        chunk = size
-    else:
-        chunk = max(1, policy.slice_bytes // max(row_bytes, 1))
-        chunk = -(-size // -(-size // chunk))  # equal slices rather than a short last one
+    size = t.shape[0]
+    return _slices(size, _rows_per_slice(size, t[0].numel() * t.element_size() if size else 1))
+
+
+def _slices(size: int, chunk: int) -> Iterator[Tuple[int, int]]:
     for start in range(0, size, chunk):
         yield start, min(chunk, size - start)
 
 
-def _rows_per_slice(batched: Sequence[torch.Tensor], dim: int, size: int, temp_row_bytes: int) -> int:
-    """The policy's ``subbatch_size``, else as many rows as fit its ``slice_bytes``."""
+def _rows_per_slice(size: int, row_bytes: int, temp_row_bytes: int = 0) -> int:
+    """The policy's ``subbatch_size``, else as many rows as fit its ``slice_bytes`` (and 4x it for the
+    widest temporary, ``temp_row_bytes`` per row), in equal slices rather than a short last one."""
     policy = current_policy()
     if policy.subbatch_size is not None:
         return policy.subbatch_size
     if policy.slice_bytes is None:
         return size
-    row_bytes = max(
-        (t.numel() // t.shape[dim] * t.element_size() for t in batched if t.shape[dim] == size and size > 0),
-        default=1,
-    )
     chunk = max(1, min(policy.slice_bytes // max(row_bytes, 1), 4 * policy.slice_bytes // max(temp_row_bytes, 1)))
     num_slices = -(-size // chunk)
-    return -(-size // num_slices)  # equal slices rather than a short last one
+    return -(-size // num_slices)

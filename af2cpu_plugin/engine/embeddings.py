@@ -63,8 +63,7 @@ def add_relpos_(pair: torch.Tensor, relpos: nn.Module, *per_residue: Optional[to
     ``relpos`` is either relative encoding; its ``rows`` method takes each
     per-residue feature twice: sliced to the rows, then whole.
     """
-    n1, cz = pair.shape[1:]
-    for start, rows in row_slices(pair.shape[0], n1 * cz * pair.element_size()):
+    for start, rows in row_slices(pair):
         args = []
         for feature in per_residue:
             args += [None, None] if feature is None else [feature.narrow(0, start, rows), feature]
@@ -131,8 +130,7 @@ class RecyclingEmbedder(Scopeless):
         c = self.prev_pos_config
         beta = pseudo_beta(aatype, prev_pos)
         msa[0] += self.prev_msa_first_row_norm(prev_msa_first_row)
-        n1, cz = pair.shape[1:]
-        for start, rows in row_slices(pair.shape[0], n1 * cz * pair.element_size()):
+        for start, rows in row_slices(pair):
             block = pair.narrow(0, start, rows)
             dgram = distogram_one_hot(beta.narrow(0, start, rows), c.num_bins, c.min_bin, c.max_bin, beta)
             block += self.prev_pos_linear(dgram)

@@ -17,8 +17,8 @@ the policy's ``channel_groups`` above 1 the update is made in place in two
 phases: the contraction, group of channels by group, from projections built
 row slice by row slice; then the output (centre LayerNorm, gate, projection)
 row slice by row slice, added into the pair. Peak: the pair, the [c, N, N]
-products and two groups' projections (about 2.5 pair-sized tensors with 4
-groups). Every position's arithmetic is the same; only GEMM blocking differs.
+products and one group's two projections and products (about 3 pair-sized
+tensors with 4 groups: 3.2 measured by ``af2cpu calibrate``). Every position's arithmetic is the same; only GEMM blocking differs.
 """
 
 from __future__ import annotations
@@ -54,18 +54,10 @@ class TriangleMultiplication(nn.Module):
         self.output_projection = Linear(ci, pair_channel)
         self.gating_linear = Linear(pair_channel, pair_channel)
 
-    def _channel_major_params(self, dtype: torch.dtype):
-        """``projection`` and ``gate`` stacked as one [4c, c_z] weight in ``dtype`` and a [4c] fp32 bias."""
-
-        def build(pw, pb, gw, gb):
-            return torch.cat([pw, gw], dim=1).t().to(dtype).contiguous(), torch.cat([pb, gb]).float().contiguous()
-
-        lin_p, lin_g = self.projection, self.gate
-        return derived(self, f"proj_gate@{dtype}", build, lin_p.weights, lin_p.bias, lin_g.weights, lin_g.bias)
-
-    def _group_params(self, dtype: torch.dtype, groups: int):
-        """Per channel group g: the [4c/groups, c_z] rows of the stacked weight (left and right
-        projection, then left and right gate, for g's channels) and their fp32 bias."""
+    def _projection_params(self, dtype: torch.dtype, groups: int = 1):
+        """``projection`` and ``gate`` stacked channel-major, per channel group g: the [4c/groups, c_z]
+        weight rows (left and right projection, then left and right gate, for g's channels) in ``dtype``
+        and their fp32 bias. One group is the whole [4c, c_z] stack."""
 
         def build(pw, pb, gw, gb):
             ci, n = self.num_intermediate_channel, self.num_intermediate_channel // groups
@@ -79,6 +71,19 @@ class TriangleMultiplication(nn.Module):
         return derived(self, f"proj_gate/{groups}@{dtype}", build, lin_p.weights, lin_p.bias, lin_g.weights,
                        lin_g.bias)
 
+    @staticmethod
+    def _mask_rows(pair_mask: torch.Tensor):
+        """The mask as one fp32 row of N*N, or None when it is all ones (no padding: one query), skipped."""
+        return None if bool(pair_mask.all()) else pair_mask.to(torch.float32).reshape(-1)
+
+    def _contract(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """The triangle products [c, N, N] of channel-major ``left`` and ``right``."""
+        if self.outgoing:
+            # out[c, i, j] = sum_k left[c, i, k] * right[c, j, k]
+            return channel_products(left, right)
+        # out[c, i, j] = sum_k left[c, k, j] * right[c, k, i]
+        return channel_products(right.transpose(1, 2), left.transpose(1, 2))
+
     def add_update_(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """``pair_act += self(pair_act, pair_mask)`` (a residual update); in groups under the policy."""
         groups = current_policy().channel_groups or 1
@@ -88,7 +93,7 @@ class TriangleMultiplication(nn.Module):
         n0, n1, cz = pair_act.shape
         ci = self.num_intermediate_channel
         # The products are complete: rows of the pair may now be overwritten.
-        for start, rows in row_slices(n0, n1 * cz * pair_act.element_size()):
+        for start, rows in row_slices(pair_act):
             stream = pair_act.narrow(0, start, rows)
             act = self.left_norm_input(stream).reshape(rows * n1, cz)
             out = self.center_norm.forward_channel_major(tri.narrow(1, start, rows).contiguous())
@@ -102,11 +107,11 @@ class TriangleMultiplication(nn.Module):
         n0, n1, cz = pair_act.shape
         ci = self.num_intermediate_channel
         n = ci // groups
-        mask = None if bool(pair_mask.all()) else pair_mask.to(torch.float32).reshape(n0 * n1)
+        mask = self._mask_rows(pair_mask)
         tri = None
-        for g, (weight_t, bias) in enumerate(self._group_params(compute_dtype(), groups)):
+        for g, (weight_t, bias) in enumerate(self._projection_params(compute_dtype(), groups)):
             left = right = None
-            for start, rows in row_slices(n0, n1 * cz * pair_act.element_size()):
+            for start, rows in row_slices(pair_act):
                 act = self.left_norm_input(pair_act.narrow(0, start, rows)).reshape(rows * n1, cz)
                 m = None if mask is None else mask.narrow(0, start * n1, rows * n1)
                 proj = gated_rows_(linear_2d(weight_t, act, None), bias, m)
@@ -116,10 +121,7 @@ class TriangleMultiplication(nn.Module):
                 left[:, start:start + rows] = proj[:n].reshape(n, rows, n1)
                 right[:, start:start + rows] = proj[n:].reshape(n, rows, n1)
                 del act, proj
-            if self.outgoing:
-                products = channel_products(left, right)
-            else:
-                products = channel_products(right.transpose(1, 2), left.transpose(1, 2))
+            products = self._contract(left, right)
             del left, right
             if tri is None:
                 tri = products.new_empty((ci, n0, n1))
@@ -132,24 +134,18 @@ class TriangleMultiplication(nn.Module):
         n0, n1, cz = pair_act.shape
         ci = self.num_intermediate_channel
         act = self.left_norm_input(pair_act).reshape(n0 * n1, cz)
-        # No padding (one query): the mask is all ones, and is skipped.
-        mask = None if bool(pair_mask.all()) else pair_mask.to(torch.float32).reshape(n0 * n1)
+        mask = self._mask_rows(pair_mask)
 
         # Channel-major [4c, N*N] (projection rows, then gate rows) so that the
         # triangle contraction below is a bmm over channels: W·actᵀ is the
         # GEMM linear_2d computes with the roles of input and weight swapped
         # (so the bias runs along rows and is added with the gate, in one pass).
-        weight_t, bias = self._channel_major_params(act.dtype)
+        weight_t, bias = self._projection_params(act.dtype)[0]
         proj_gate = linear_2d(weight_t, act, None)
         proj = gated_rows_(proj_gate, bias, mask)  # (proj + b) * mask * sigmoid(gate + b_g), as haiku
         left = proj[:ci].reshape(ci, n0, n1)
         right = proj[ci:].reshape(ci, n0, n1)
-        if self.outgoing:
-            # out[c, i, j] = sum_k left[c, i, k] * right[c, j, k]
-            tri = channel_products(left, right)
-        else:
-            # out[c, i, j] = sum_k left[c, k, j] * right[c, k, i]
-            tri = channel_products(right.transpose(1, 2), left.transpose(1, 2))
+        tri = self._contract(left, right)
         del proj_gate, proj, left, right
 
         out = self.center_norm.forward_channel_major(tri)  # [c, i, j] -> normalised [i, j, c]
