@@ -11,6 +11,7 @@ callback still logs one ``recycle=N pLDDT=...`` line per pass.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Callable, Iterator, Optional
 
@@ -44,7 +45,8 @@ def model_tag(callback: Optional[Callable]) -> str:
 
 @contextlib.contextmanager
 def evoformer_bar(num_passes: int, num_blocks: int, desc: str = FALLBACK_DESC) -> Iterator[None]:
-    """A bar over ``num_passes * num_blocks`` main-stack blocks while the body runs, if stderr is a terminal.
+    """A bar over ``num_passes * num_blocks`` main-stack blocks while the body runs, if stderr is a terminal
+    (and ``AF2CPU_PROGRESS`` is not ``0``: multi-instance workers set it, their bars would interleave).
 
     The bar is transient (``leave=False``): a loop that stops early (``tol``,
     ``stop_at_score``) clears it rather than leaving a bar short of 100% or
@@ -52,7 +54,7 @@ def evoformer_bar(num_passes: int, num_blocks: int, desc: str = FALLBACK_DESC) -
     Those lines go through ColabFold's ``TqdmHandler`` (``tqdm.write``), which
     prints them above the bar.
     """
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or os.environ.get("AF2CPU_PROGRESS", "1") == "0":
         yield
         return
     # smoothing=0: the ETA uses the mean rate since the start, so each pass's

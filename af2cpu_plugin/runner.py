@@ -7,7 +7,8 @@ then ``predict``. ``predict`` is the same recycle loop as
 as float16, outputs are cast to float16, the callback sees every pass, and the
 loop stops early on ``stop_at_score`` or on ``tol``. Confidence numbers
 (pLDDT, PAE, pTM, ipTM, tol) come from ColabFold's own
-``alphafold.common.confidence`` functions.
+``alphafold.common.confidence`` functions, applied row slice by row slice
+(:mod:`af2cpu_plugin.confidence`: the same numbers without whole [L, L, 64] temporaries).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from alphafold.common import confidence
 
+from . import confidence as row_sliced_confidence
 from . import malloc
 from .capacity import cost_model
 from . import progress
@@ -173,9 +175,10 @@ class CpuRunModel:
             "prev_pos": ret["structure_module"]["final_atom_positions"],
         }
         seq_mask = feat["seq_mask"].astype(np.float32)
-        ret.update(confidence.get_confidence_metrics(
+        # ColabFold's metrics, computed row slice by row slice (the same numbers, no [L, L, 64] temporaries).
+        ret.update(row_sliced_confidence.get_confidence_metrics(
             prediction_result=ret, mask=seq_mask, rank_by=self.config.model.rank_by,
-            keep_pae=self.config.model.calc_extended_ptm, use_jnp=False))
+            keep_pae=self.config.model.calc_extended_ptm))
         ret["tol"] = confidence.compute_tol(np.asarray(prev["prev_pos"], np.float32), new_prev["prev_pos"],
                                             seq_mask, use_jnp=False)
         return ret, new_prev

@@ -9,10 +9,11 @@ Long passes take hours on 2 cores, and every Evoformer block allocates the
 same, so ``--blocks N`` runs only the first N of the 48 Evoformer blocks
 (all weights loaded, the 4 extra-MSA blocks, structure module and heads
 whole): the activations at the peak are the full pass's, the time is not
-(the table says which). A real run also builds the weights' kernel layouts
-during its first full-length pass, which the probe does in a short warm-up
-first: at 600 residues a full 2-pass run (``bench/speed.py``) peaked up to
-0.7 GiB higher than the probe. JAX then runs an N-block model, whose weights are smaller than the
+(the table says which). It is one pass: a run of several passes peaks a
+little higher (the recycled outputs, and the heap the first pass's numpy work
+leaves: 2.15 against 1.87 GiB at 768 residues in bf16), and the cost model is
+fitted to two passes (``af2cpu calibrate``), so it over-predicts these rows
+somewhat. JAX then runs an N-block model, whose weights are smaller than the
 full model's by (48 - N) blocks (about 7 MiB each): its peak is, if anything,
 understated. JAX is run up to ``--jax-max`` residues (its peak grows as
 about 5.9e-6 GiB·L²: 24 GB is reached near 1,900).

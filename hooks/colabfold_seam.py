@@ -27,11 +27,16 @@ patch is the ``config.json`` record.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import inspect
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Tuple
+
+import numpy as np
 
 from af2cpu_plugin.atomic import atomic_write_bytes
 from af2cpu_plugin.hooks.errors import UsageError
@@ -199,6 +204,178 @@ def _record_wrapper(original: Callable, entries: Callable[[], Dict[str, Any]]) -
 
 
 # ---------------------------------------------------------------------------
+# Multi-instance runs: ColabFold's run() twice (af2cpu_plugin.scheduler)
+# ---------------------------------------------------------------------------
+
+_PLANNED = "af2cpu: predictions queued"
+
+
+class _Planned(RuntimeError):
+    """Raised by the plan pass's ``predict_structure``: ``run()`` catches RuntimeError there and goes on
+    to the next query, writing nothing more for this one (no plots, no done marker)."""
+
+    def __init__(self) -> None:
+        super().__init__(_PLANNED)
+
+
+class _DropPlanned(logging.Filter):
+    """The plan pass's skipped queries are not errors: drop run()'s "Could not predict" line for them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _PLANNED not in record.getMessage()
+
+
+def prediction_inputs(feature_dict, model_type, model_runner_and_params, random_seed=0, num_seeds=1,
+                      pad_len=0, sequences_lengths=(), use_templates=False, msa_pad_depth=0, initial_guess=None,
+                      **_ignored) -> Iterator[Tuple[str, Any, Any, int, Dict[str, Any]]]:
+    """``(model_name, runner, params, seed, input_features)`` for each prediction, in ``predict_structure``'s
+    order, with the input features it makes (colabfold 1.6.3, batch.py lines 450-495).
+
+    The monomer's features are processed once per seed by the first model's runner and shared by the
+    others; the multimer's are the raw features, asym_id rebased, MSA padded to ``msa_pad_depth``. The
+    write pass checks each prediction's inputs against these (a fingerprint), so a mismatch can only
+    cost speed (the prediction is computed again where it is needed), never a wrong result.
+    """
+    from alphafold.common import protein
+    from colabfold import batch
+    from colabfold.alphafold.msa import make_fixed_size  # noqa: F401  (pad_input's import, checked early)
+
+    seq_len = sum(sequences_lengths)
+    input_features = None
+    for seed_num, seed in enumerate(range(random_seed, random_seed + num_seeds)):
+        for model_num, (model_name, runner, params) in enumerate(model_runner_and_params):
+            if "multimer" in model_type:
+                if model_num == 0 and seed_num == 0:
+                    input_features = dict(feature_dict)
+                    input_features["asym_id"] = input_features["asym_id"] - input_features["asym_id"][..., 0]
+                    if msa_pad_depth > input_features["msa"].shape[0]:
+                        input_features = batch.pipeline_multimer.pad_msa(input_features, min_num_seq=msa_pad_depth)
+            elif model_num == 0:
+                input_features = runner.process_features(feature_dict, random_seed=seed)
+                r = input_features["aatype"].shape[0]
+                input_features["asym_id"] = np.tile(feature_dict["asym_id"], r).reshape(r, -1)
+                if seq_len < pad_len:
+                    input_features = batch.pad_input(input_features, runner, model_name, pad_len, use_templates)
+            if initial_guess:
+                guess = Path(initial_guess)
+                text = batch.pdb_to_string(initial_guess) if guess.suffix == ".pdb" else guess.read_text()
+                parse = protein.from_pdb_string if guess.suffix == ".pdb" else protein.from_mmcif_string
+                input_features["all_atom_positions"] = parse(text).atom_positions
+            yield model_name, runner, params, seed, input_features
+
+
+def _model_number(model_name: str) -> str:
+    return model_name.rsplit("_", 1)[-1]  # ColabFold's runners are named "model_<n>"
+
+
+def _planning_predict_structure(orchestrator: Any, data_dir: Any) -> Callable:
+    def predict_structure(prefix, result_dir, feature_dict, **kw):
+        whole = bool(kw.get("save_recycles") or kw.get("save_all"))
+        representations = bool(kw.get("save_all") or kw.get("save_single_representations")
+                               or kw.get("save_pair_representations"))
+        for model_name, runner, params, seed, features in prediction_inputs(feature_dict, **kw):
+            orchestrator.plan(prefix=prefix, model_name=model_name, seed=seed, runner=runner, features=features,
+                              params_path=params_path(data_dir, kw["model_type"], _model_number(model_name)),
+                              result_dir=Path(result_dir), return_representations=representations,
+                              whole_recycles=whole, param_keys=tuple(params.keys()))
+        raise _Planned()
+
+    return predict_structure
+
+
+class _Replayed:
+    """A model runner whose ``predict`` takes the planned prediction's result from the orchestrator (and
+    replays ColabFold's per-recycle callback from it); it computes the prediction itself only when the
+    orchestrator has none. Everything else is the wrapped runner's."""
+
+    def __init__(self, runner: Any, prefix: str, model_name: str, orchestrator: Any) -> None:
+        self._runner, self._prefix, self._model_name, self._orchestrator = runner, prefix, model_name, orchestrator
+        self._pending_params = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)
+
+    @property
+    def params(self) -> Any:
+        return self._pending_params
+
+    @params.setter
+    def params(self, params: Any) -> None:
+        self._pending_params = params  # bound only if this process computes the prediction
+
+    def predict(self, feat, random_seed=0, return_representations=False, callback=None):
+        done = self._orchestrator.fetch(self._prefix, self._model_name, random_seed, feat)
+        if done is None:
+            self._runner.params = self._pending_params
+            return self._runner.predict(feat, random_seed=random_seed,
+                                        return_representations=return_representations, callback=callback)
+        result, recycles, per_recycle = done
+        if callback is not None:
+            for r, seen in enumerate(per_recycle):
+                callback(dict(seen), r)
+        return result, recycles
+
+
+def _replaying_predict_structure(original: Callable, orchestrator: Any) -> Callable:
+    @functools.wraps(original)
+    def predict_structure(prefix, result_dir, feature_dict, **kw):
+        kw["model_runner_and_params"] = [(name, _Replayed(runner, prefix, name, orchestrator), params)
+                                         for name, runner, params in kw["model_runner_and_params"]]
+        return original(prefix, result_dir, feature_dict, **kw)
+
+    return predict_structure
+
+
+def _memoized(original: Callable) -> Callable:
+    """``get_msa_and_templates`` computed once per argument set: the write pass reuses the plan pass's MSAs
+    (an MSA server is asked once per query, as in a single pass); each caller gets its own copy."""
+    cache: Dict[str, Any] = {}
+
+    @functools.wraps(original)
+    def get_msa_and_templates(*a, **kw):
+        key = repr((a, sorted(kw.items())))
+        if key not in cache:
+            cache[key] = original(*a, **kw)
+        return copy.deepcopy(cache[key])
+
+    return get_msa_and_templates
+
+
+def _two_pass_run(original_run: Callable, orchestrator: Any) -> Callable:
+    """``run()`` for a multi-instance batch: plan every prediction, start them, then ColabFold's run() again
+    writing each query's outputs as its predictions come back."""
+    from colabfold import batch
+
+    @functools.wraps(original_run)
+    def run(*a, **kw):
+        arguments = inspect.signature(original_run).bind(*a, **kw)
+        arguments.apply_defaults()
+        data_dir = arguments.arguments["data_dir"]
+        cf_logger = logging.getLogger(batch.__name__)
+        drop = _DropPlanned()
+        try:
+            orchestrator.prestart()
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(_patched(batch, "get_msa_and_templates", _memoized(batch.get_msa_and_templates)))
+                with _patched(batch, "predict_structure", _planning_predict_structure(orchestrator, data_dir)):
+                    cf_logger.addFilter(drop)
+                    try:
+                        original_run(*a, **kw)
+                    finally:
+                        cf_logger.removeFilter(drop)
+                orchestrator.start()
+                stack.enter_context(_patched(batch, "predict_structure",
+                                             _replaying_predict_structure(batch.predict_structure, orchestrator)))
+                out = original_run(*a, **kw)
+            orchestrator.finish()
+            return out
+        finally:
+            orchestrator.close()
+
+    return run
+
+
+# ---------------------------------------------------------------------------
 # Installing the seams
 # ---------------------------------------------------------------------------
 
@@ -249,6 +426,10 @@ def installed(pm: Any, backend: str, args: Any) -> Iterator[None]:
                 return original_run(*a, **kw)
 
             stack.enter_context(_patched(batch, "run", run))
+
+        orchestrator = hook.af2cpu_multi_instance(backend=backend, args=args)
+        if orchestrator is not None:
+            stack.enter_context(_patched(batch, "run", _two_pass_run(batch.run, orchestrator)))
 
         if hook.af2cpu_provides_model(backend=backend):
             original_run_model = af_model.RunModel

@@ -154,6 +154,23 @@ def af2cpu_add_options(parser, backend_names):
         "checked against it before any MSA or compute; config.json records it.%(default).0s",
     )
     group.add_argument(
+        "--instances",
+        default="1",
+        metavar="N|auto",
+        help="Predictions run side by side: N worker processes, each pinned to its share of the usable cores "
+        "(a Dask LocalCluster). The unit of work is one (query, model, seed) prediction, longest first; the "
+        "output directory is the one a single-instance run writes. 'auto': one per core, as many as fit in "
+        "memory at the largest prediction's predicted peak. Default: 1 (this process, all cores).%(default).0s",
+    )
+    group.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="Send the predictions to an existing Dask scheduler (e.g. tcp://head:8786, or one started by "
+        "dask-jobqueue on SLURM/PBS) instead of local instances. Its workers need this plugin and read the "
+        "params from --data at the same path.%(default).0s",
+    )
+    group.add_argument(
         "--force",
         action="store_true",
         default=False,
@@ -204,6 +221,15 @@ def af2cpu_check_request(backend, args, model_type, is_complex):
                     "than fp32 — use --precision auto or fp32")
     if args.threads is not None and args.threads < 1:
         return f"--threads {args.threads} must be at least 1 — pass a positive number of threads"
+    try:
+        instances = instances_of(args)
+    except UsageError as exc:
+        return exc.line()
+    if instances != 1 or getattr(args, "scheduler", None):
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            return "--instances and --scheduler need dask[distributed] — pip install 'dask[distributed]'"
     if getattr(args, "kernels", "auto") == "ipex":
         from af2cpu_plugin import ipex
 
@@ -260,6 +286,33 @@ def af2cpu_run_kwargs(backend, args):
     # ColabFold's config then says what the engine computes: the trunk's
     # precision, fused triangle multiplication (the converter's layout).
     return {"use_bfloat16": args.precision == "bf16", "use_fuse": True}
+
+
+def instances_of(args) -> object:
+    """``--instances`` as an int >= 1 or "auto"; a UsageError otherwise."""
+    text = str(getattr(args, "instances", "1") or "1").strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--instances {text!r} is not a number of instances", "use a whole number >= 1, or auto")
+    return n
+
+
+@hookimpl
+def af2cpu_multi_instance(backend, args):
+    if backend != NAME:
+        return None
+    instances = instances_of(args)
+    scheduler = getattr(args, "scheduler", None)
+    if instances == 1 and not scheduler:
+        return None
+    from af2cpu_plugin.scheduler.orchestrator import MultiInstance
+
+    return MultiInstance(instances, scheduler, memory_limit_of(args).bytes)
 
 
 @hookimpl

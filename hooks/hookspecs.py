@@ -226,3 +226,22 @@ def af2cpu_make_runner(
     :param args: the parsed ``af2cpu batch`` namespace.
     :return: the runner, or ``None``.
     """
+
+
+@hookspec(firstresult=True)
+def af2cpu_multi_instance(backend: str, args: Any) -> Any:
+    """Predictions run side by side rather than one after another: return an orchestrator, or ``None``.
+
+    When one is returned, the seam calls ``orchestrator.prestart()`` and runs
+    ColabFold's ``run()`` twice (see :mod:`af2cpu_plugin.scheduler`): a plan pass that hands every prediction
+    to ``orchestrator.plan(prefix=, model_name=, seed=, runner=, features=,
+    params_path=, result_dir=, return_representations=, whole_recycles=)``,
+    then ``orchestrator.start()``, then the write pass, whose runners ask
+    ``orchestrator.fetch(prefix, model_name, seed, features)`` for each
+    result (``None``: compute it in this process), ``orchestrator.finish()``
+    once the write pass has returned, and ``orchestrator.close()`` at the end,
+    also on errors.
+
+    :param backend: the selected backend.
+    :param args: the parsed ``af2cpu batch`` namespace.
+    """

@@ -125,16 +125,16 @@ class Coefficients:
         return cls(**d)
 
 
-#: Built-in: ``af2cpu calibrate`` on an AMD EPYC Zen 5, 2 threads (2026-11-29), rounded.
+#: Built-in: ``af2cpu calibrate`` on an AMD EPYC Zen 5, 2 threads (2026-11-30), rounded.
 DEFAULT = Coefficients(
-    base_bytes={"fp32": 1.16 * GIB, "bf16": 1.05 * GIB},
-    k_pair={"fp32": {1: 7.1, 4: 3.2, 16: 3.05}, "bf16": {1: 4.0, 4: 3.5}},
-    k_outside={"fp32": 0.87, "bf16": 2.1},
-    time={"fp32": {"block_seconds_per_flop": 1 / 359e9, "block_seconds_per_pair_element": 2.1e-6,
-                   "rest_seconds_per_flop": 1 / 221e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0},
-          "bf16": {"block_seconds_per_flop": 0.0, "block_seconds_per_pair_element": 3.9e-6,
-                   "rest_seconds_per_flop": 1 / 468e9, "rest_seconds_per_pair_element": 3.0e-7, "fixed_seconds": 0.0}},
-    group_time_factor={1: 1.0, 4: 1.01, 16: 1.0},
+    base_bytes={"fp32": 1.15 * GIB, "bf16": 1.05 * GIB},
+    k_pair={"fp32": {1: 7.1, 4: 2.87, 16: 2.31}, "bf16": {1: 4.0, 4: 2.06}},
+    k_outside={"fp32": 0.33, "bf16": 1.12},
+    time={"fp32": {"block_seconds_per_flop": 1 / 266e9, "block_seconds_per_pair_element": 0.0,
+                   "rest_seconds_per_flop": 1 / 227e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0},
+          "bf16": {"block_seconds_per_flop": 0.0, "block_seconds_per_pair_element": 4.16e-6,
+                   "rest_seconds_per_flop": 1 / 464e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0}},
+    group_time_factor={1: 1.0, 4: 1.01, 16: 1.03},
 )
 
 
@@ -191,7 +191,10 @@ def peak_rss(workload: Workload, groups: int, coefficients: Coefficients = DEFAU
     of the pass holds outside that cache."""
     pair, msa, extra = tensor_bytes(workload)
     by_group = coefficients.k_pair.get(precision) or coefficients.k_pair["fp32"]
-    k_pair = by_group.get(groups, max(by_group.values()))
+    # A group count not calibrated in this precision (bf16 measures 1 and 4): the nearest fewer groups
+    # measured (more groups never hold more), else the most frugal one measured.
+    fewer = [g for g in by_group if g <= groups]
+    k_pair = by_group[max(fewer)] if fewer else by_group[min(by_group)]
     live = k_pair * pair + K_MSA * msa + K_EXTRA * extra
     base = coefficients.base_bytes.get(precision) or coefficients.base_bytes["fp32"]
     outside = coefficients.k_outside.get(precision, 0.0) * pair

@@ -16,7 +16,6 @@ from torch import nn
 from .msa_attention import MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias
 from .outer_product_mean import OuterProductMean
 from .params import LayerStack
-from .primitives import residual_add_
 from . import progress
 from .transition import Transition
 from .triangle_attention import TriangleAttention
@@ -67,7 +66,7 @@ class EvoformerIteration(nn.Module):
         # residues). Most updates are added slice by slice as the module
         # computes them, so no whole update tensor is made either.
         if self.outer_product_mean_first:
-            residual_add_(pair, self.outer_product_mean(msa, msa_mask))
+            self.outer_product_mean.add_update_(pair, msa, msa_mask)
         self.msa_row_attention_with_pair_bias.add_update_(msa, msa_mask, pair)
         if self.is_extra_msa:
             self.msa_column_global_attention.add_update_(msa, msa_mask)
@@ -75,7 +74,7 @@ class EvoformerIteration(nn.Module):
             self.msa_column_attention.add_update_(msa, msa_mask)
         self.msa_transition.add_update_(msa, msa_mask)
         if not self.outer_product_mean_first:
-            residual_add_(pair, self.outer_product_mean(msa, msa_mask))
+            self.outer_product_mean.add_update_(pair, msa, msa_mask)
         self.triangle_multiplication_outgoing.add_update_(pair, pair_mask)
         self.triangle_multiplication_incoming.add_update_(pair, pair_mask)
         self.triangle_attention_starting_node.add_update_(pair, pair_mask)

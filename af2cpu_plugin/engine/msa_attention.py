@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .chunking import subbatched
-from .primitives import Attention, GlobalAttention, LayerNorm, empty_param, mask_to_bias, pair_bias
+from .pair_bias import pair_bias
+from .primitives import Attention, GlobalAttention, LayerNorm, empty_param, mask_to_bias
 
 
 class MSARowAttentionWithPairBias(nn.Module):
@@ -34,7 +35,7 @@ class MSARowAttentionWithPairBias(nn.Module):
 
     def _update(self, msa_act, msa_mask, pair_act, into):
         bias = mask_to_bias(msa_mask)[:, None, None, :]
-        nonbatched_bias = pair_bias(self, self.feat_2d_norm(pair_act), self.feat_2d_weights)
+        nonbatched_bias = pair_bias(self, self.feat_2d_norm, pair_act, self.feat_2d_weights)
         return subbatched(self._attend, [msa_act, bias], [nonbatched_bias], add_into=into)
 
     def _attend(self, msa_act, bias, nonbatched_bias):

@@ -73,8 +73,9 @@ class OuterProductMean(nn.Module):
                        lambda w, b: (w.reshape(-1, w.shape[-1]).t().to(dtype).contiguous(), b.to(dtype)),
                        self.output_w, self.output_b)
 
-    def _projected_first(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """left, right [S, R, c] -> [R, R, c_z] (bias added), projecting ``right`` through output_w first."""
+    def _projected_first(self, left_t: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """left_t [r_i, S, c] (rows i of the left act), right [S, R, c] -> [r_i, R, c_z] (bias added),
+        projecting ``right`` through output_w first."""
         s, r, c = right.shape
 
         def build(w, b):  # output_w [a, b, z] -> [b, a*z]
@@ -84,11 +85,19 @@ class OuterProductMean(nn.Module):
         cz = bias.shape[0]
         projected = matmul_2d(right.reshape(s * r, c), w_b)  # [S*R, a*z]
         projected = projected.view(s, r, c, cz).permute(0, 2, 1, 3).reshape(s * c, r * cz)
-        left_rows = left.permute(1, 0, 2).reshape(r, s * c)
-        return matmul_2d(left_rows, projected).view(r, r, cz).add_(bias)
+        ri = left_t.shape[0]
+        return matmul_2d(left_t.reshape(ri, s * c), projected).view(ri, r, cz).add_(bias)
 
     def forward(self, msa_act: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
         """msa_act [S, R, c_m], msa_mask [S, R] -> update [R, R, c_z]."""
+        return self._update(msa_act, msa_mask, into=None)
+
+    def add_update_(self, pair_act: torch.Tensor, msa_act: torch.Tensor, msa_mask: torch.Tensor) -> torch.Tensor:
+        """``pair_act += self(msa_act, msa_mask)``, row slice by row slice: the [R, R, c_z] update is never
+        whole (in bf16 it was, twice: the bf16 product and its fp32 quotient)."""
+        return self._update(msa_act, msa_mask, into=pair_act)
+
+    def _update(self, msa_act, msa_mask, into):
         act = self.layer_norm_input(msa_act)
         left = self.left_projection(act)
         right = self.right_projection(act)
@@ -98,14 +107,18 @@ class OuterProductMean(nn.Module):
             right.mul_(mask)
         s, r, c = right.shape
         cz = self.output_b.shape[0]
-        fewer_flops = s * c * cz < c * c * cz + s * c * c  # S < 43 at AF2's widths
-        if fewer_flops and act.dtype != torch.float32:
-            out = self._projected_first(left, right)
-        else:
-            # Per row i, the [R, c*c] outer products exist twice (as computed, then permuted).
-            outer_row_bytes = 2 * r * c * c * right.element_size()
-            out = subbatched(self._chunk, [left.transpose(0, 1)], [right], temp_row_bytes=outer_row_bytes)
         m = msa_mask.to(torch.float32)
         norm = torch.matmul(m.t(), m)[..., None]  # [R, R, 1]: sequences where i and j are both present
-        # In bf16 the division gives the fp32 update (the residual stream's dtype).
-        return out.div_(NORM_EPSILON + norm) if out.dtype == norm.dtype else out / (NORM_EPSILON + norm)
+        fewer_flops = s * c * cz < c * c * cz + s * c * c  # S < 43 at AF2's widths
+        if fewer_flops and act.dtype != torch.float32:
+            products, temp_row_bytes = self._projected_first, r * cz * right.element_size()
+        else:
+            # Per row i, the [R, c*c] outer products exist twice (as computed, then permuted).
+            products, temp_row_bytes = self._chunk, 2 * r * c * c * right.element_size()
+
+        def rows(left_t, norm_rows, right):
+            out = products(left_t, right)
+            # In bf16 the division gives the fp32 update (the residual stream's dtype).
+            return out.div_(NORM_EPSILON + norm_rows) if out.dtype == norm_rows.dtype else out / (NORM_EPSILON + norm_rows)
+
+        return subbatched(rows, [left.transpose(0, 1), norm], [right], temp_row_bytes=temp_row_bytes, add_into=into)

@@ -185,18 +185,6 @@ def clear_derived(model: nn.Module) -> None:
         module.__dict__.pop("_derived_cache", None)
 
 
-def pair_bias(module: nn.Module, pair_act: torch.Tensor, feat_2d_weights: torch.Tensor) -> torch.Tensor:
-    """``einsum("qkc,ch->hqk", pair_act, feat_2d_weights)``: the per-head attention bias from the pair.
-
-    Computed as ``W·actᵀ`` so that the [h, q, k] result is written contiguous,
-    the layout the attention kernel takes as a mask without copying.
-    """
-    dtype = pair_act.dtype
-    w_t = derived(module, f"feat_2d@{dtype}", lambda w: w.t().to(dtype).contiguous(), feat_2d_weights)
-    nq, nk, c = pair_act.shape
-    return linear_2d(w_t, pair_act.reshape(nq * nk, c), None).view(-1, nq, nk)
-
-
 class Linear(nn.Module):
     """``y = x·W + b`` over the last ``num_input_dims`` axes (common_modules.Linear)."""
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .chunking import subbatched
-from .primitives import Attention, LayerNorm, empty_param, mask_to_bias, pair_bias
+from .pair_bias import pair_bias
+from .primitives import Attention, LayerNorm, empty_param, mask_to_bias
 
 
 class TriangleAttention(nn.Module):
@@ -37,8 +38,12 @@ class TriangleAttention(nn.Module):
             pair_act, pair_mask = pair_act.transpose(0, 1), pair_mask.transpose(0, 1)
             into = None if into is None else into.transpose(0, 1)
         bias = mask_to_bias(pair_mask)[:, None, None, :]
-        pair_act = self.query_norm(pair_act)
-        nonbatched_bias = pair_bias(self, pair_act, self.feat_2d_weights)
-        out = subbatched(lambda x, b, nb: self.attention(x, x, b, nb), [pair_act, bias], [nonbatched_bias],
-                         add_into=into)
+        # Made from the whole pair before any row is updated; the normalised pair is never whole
+        # (see .pair_bias): each slice is normalised again where it attends.
+        nonbatched_bias = pair_bias(self, self.query_norm, pair_act, self.feat_2d_weights)
+        out = subbatched(self._attend, [pair_act, bias], [nonbatched_bias], add_into=into)
         return out.transpose(0, 1) if self.per_column else out
+
+    def _attend(self, pair_act, bias, nonbatched_bias):
+        x = self.query_norm(pair_act)  # per slice: LayerNorm is per row
+        return self.attention(x, x, bias, nonbatched_bias)
