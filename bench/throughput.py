@@ -21,6 +21,8 @@ under an hour on 2 cores; a prediction is then 2 passes.
 
     python bench/throughput.py                       # writes bench/results/throughput.json
     python bench/throughput.py --configs cpu1,cpuN   # skip JAX
+    python bench/throughput.py --configs cpu1,cpuN --lengths 50,60,70,80,90,100,110,120 --seeds 32 \
+        --out bench/results/throughput_short.json      # short queries: where instances pay
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-models", type=int, default=1)
     ap.add_argument("--num-recycle", type=int, default=1)
     ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    ap.add_argument("--seeds", type=int, default=SEEDS_QUERY[2], help="--num-seeds of the 100-residue query")
     ap.add_argument("--data", default=None, help="params dir (default: random weights, made once)")
     ap.add_argument("--keep", default=None, help="keep the output directories here")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "throughput.json"))
@@ -143,7 +146,7 @@ def main(argv=None) -> int:
     main_fasta, seeds_fasta = work / "batch.fasta", work / "seeds.fasta"
     _fasta(main_fasta, lengths)
     seeds_fasta.write_text(f">{SEEDS_QUERY[0]}\n{_SEQUENCE[:SEEDS_QUERY[1]]}\n")
-    predictions = len(lengths) * args.num_models + SEEDS_QUERY[2] * args.num_models
+    predictions = len(lengths) * args.num_models + args.seeds * args.num_models
     common = ["--msa-mode", "single_sequence", "--data", str(data), "--num-models", str(args.num_models),
               "--num-recycle", str(args.num_recycle)]
     configs = {"jax": ["--backend", "jax"],
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         # The batch and the seeds query as two runs into one directory (ColabFold takes one --num-seeds).
         first = _batch(configs[name] + common, main_fasta, out, cpus, work / f"{name}.batch.log")
-        second = _batch(configs[name] + common + ["--num-seeds", str(SEEDS_QUERY[2])], seeds_fasta, out, cpus,
+        second = _batch(configs[name] + common + ["--num-seeds", str(args.seeds)], seeds_fasta, out, cpus,
                         work / f"{name}.seeds.log")
         wall = first["wall_s"] + second["wall_s"]
         precision = json.loads((out / "config.json").read_text()).get("precision")
@@ -177,7 +180,8 @@ def main(argv=None) -> int:
         for r in rows:
             r["speedup_vs_jax"] = by["jax"]["wall_s"] / r["wall_s"]
             print(f"{r['label']:42s} {r['speedup_vs_jax']:.2f}x JAX")
-    result = {"cpu": info.describe(), "cpus": cpus, "lengths": lengths, "seeds_query": list(SEEDS_QUERY),
+    result = {"cpu": info.describe(), "cpus": cpus, "lengths": lengths,
+              "seeds_query": [SEEDS_QUERY[0], SEEDS_QUERY[1], args.seeds],
               "num_models": args.num_models, "num_recycle": args.num_recycle, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -11,6 +11,7 @@ was planned (which would be a ColabFold change this plan did not foresee).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -41,6 +42,7 @@ class MultiInstance:
         self.dispatcher: Optional[Dispatcher] = None
         self._written: List[Job] = []
         self._warm: List[object] = []
+        self._per_worker_memory: Optional[int] = None
 
     # -- plan pass ------------------------------------------------------------
     def plan(self, *, prefix: str, model_name: str, seed: int, runner: Any, features: Dict[str, Any],
@@ -81,6 +83,7 @@ class MultiInstance:
             n = min(instances, len(cpus))
             groups = cores.split(cpus, n)
             per_worker = self.memory_limit // n if self.memory_limit else None
+            self._per_worker_memory = per_worker
             logger.info("%d instances pinned to CPUs %s", n, " | ".join(",".join(map(str, g)) for g in groups))
         client = self._stack.enter_context(cluster.client(groups, self.scheduler, per_worker))
         # One warm-up task per worker, not waited for (kept referenced: Dask drops unreferenced tasks).
@@ -100,6 +103,10 @@ class MultiInstance:
             n = cores.auto_instances(len(cores.usable_cpus()), len(pending),
                                      max((j.peak_bytes or 0) for j in pending) or None, self.memory_limit)
             self._connect(n)
+        if self._per_worker_memory:
+            # Each instance plans its chunking for its share of the memory, not the whole.
+            pending = [dataclasses.replace(j, policy=dataclasses.replace(j.policy, memory_limit=self._per_worker_memory))
+                       for j in pending]
         self.dispatcher.submit(pending)
 
     # -- write pass -------------------------------------------------------------
