@@ -37,6 +37,9 @@ def af2cpu_check_request(backend, args):
         return "--use-fast-kernels needs half precision — drop --precision fp32 or drop --use-fast-kernels"
     if getattr(args, "threads", None) is not None:
         print("af2cpu: note: --threads does not apply to --backend jax (XLA picks its own threads)", file=sys.stderr)
+    if str(getattr(args, "instances", "1") or "1").strip() != "1" or getattr(args, "scheduler", None):
+        return ("--instances and --scheduler run the cpu engine's predictions side by side, not JAX's — "
+                "use --backend cpu, or drop them")
     return None
 
 

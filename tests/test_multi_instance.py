@@ -70,6 +70,14 @@ def test_bad_instances_value_is_one_line(tmp_path):
     assert "--instances 'two'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_instances_with_the_jax_backend_is_one_line(tmp_path):
+    proc = _batch(tmp_path / "in.fasta", tmp_path / "out", "--backend", "jax", "--instances", "2",
+                  write_input=True, check=False)
+    assert proc.returncode != 0
+    assert "use --backend cpu" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # -- end to end ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
