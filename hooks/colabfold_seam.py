@@ -238,7 +238,6 @@ def prediction_inputs(feature_dict, model_type, model_runner_and_params, random_
     """
     from alphafold.common import protein
     from colabfold import batch
-    from colabfold.alphafold.msa import make_fixed_size  # noqa: F401  (pad_input's import, checked early)
 
     seq_len = sum(sequences_lengths)
     input_features = None

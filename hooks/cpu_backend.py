@@ -26,7 +26,7 @@ import functools
 import logging
 import math
 import os
-from typing import Optional
+from typing import List, Optional
 
 from af2cpu_plugin.hooks import colabfold_seam
 from af2cpu_plugin.hooks.errors import UsageError
@@ -60,6 +60,27 @@ def _cgroup_cpu_limit() -> Optional[int]:
     return None
 
 
+def allowed_cpus() -> List[int]:
+    """This process's affinity mask (taskset, Slurm, cpusets), or every CPU where there is none."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def one_cpu_per_core() -> List[int]:
+    """The first logical CPU of each physical core in this process's affinity mask (sysfs topology:
+    package id + core id); OSError where sysfs has no topology."""
+    seen, cpus = set(), []
+    for cpu in allowed_cpus():
+        topo = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        core = (_read(f"{topo}/physical_package_id"), _read(f"{topo}/core_id"))
+        if core not in seen:
+            seen.add(core)
+            cpus.append(cpu)
+    return cpus
+
+
 def default_threads() -> int:
     """Physical cores this process may use: the default for ``--threads``.
 
@@ -67,21 +88,14 @@ def default_threads() -> int:
     so a second hyper-thread on the same core adds contention, not speed, and
     more threads than granted CPUs only oversubscribes. So: the CPUs in this
     process's affinity mask (``os.sched_getaffinity``: taskset, Slurm, cpusets)
-    counted once per physical core (sysfs topology: package id + core id),
-    capped by a cgroup CPU quota. Without sysfs topology, the allowed CPU
-    count is scaled by physical/logical cores from psutil.
+    counted once per physical core (:func:`one_cpu_per_core`), capped by a
+    cgroup CPU quota. Without sysfs topology, the allowed CPU count is scaled
+    by physical/logical cores from psutil.
     """
     try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        allowed = list(range(os.cpu_count() or 1))
-    cores = set()
-    try:
-        for cpu in allowed:
-            topo = f"/sys/devices/system/cpu/cpu{cpu}/topology"
-            cores.add((_read(f"{topo}/physical_package_id"), _read(f"{topo}/core_id")))
-        n = len(cores)
+        n = len(one_cpu_per_core())
     except OSError:
+        allowed = allowed_cpus()
         try:
             import psutil
 

@@ -15,6 +15,8 @@ import contextlib
 import os
 from typing import Iterator, List, Optional, Sequence
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 
 def pin_process(cpus: Sequence[int]) -> None:
     """Pin every thread of this process to ``cpus`` (a thread's affinity is its own; threads made later
@@ -28,13 +30,7 @@ def pin_process(cpus: Sequence[int]) -> None:
         os.environ[var] = str(len(cpus))
 
 
-def _worker_plugin_base():
-    from distributed.diagnostics.plugin import WorkerPlugin
-
-    return WorkerPlugin
-
-
-class PinWorker(_worker_plugin_base()):
+class PinWorker(WorkerPlugin):
     """A Dask worker plugin: the worker named ``i`` runs on ``groups[i]``."""
 
     name = "af2cpu-pin"

@@ -11,29 +11,18 @@ Linux's default first-touch policy).
 
 from __future__ import annotations
 
-import os
 from typing import List, Optional, Sequence
 
 
 def usable_cpus() -> List[int]:
-    """One logical CPU per physical core of this process's affinity mask, capped by the cgroup quota."""
-    from af2cpu_plugin.hooks.cpu_backend import default_threads
+    """One logical CPU per physical core of this process's affinity mask, as many as ``--threads`` defaults to
+    (the cgroup quota caps it)."""
+    from af2cpu_plugin.hooks.cpu_backend import allowed_cpus, default_threads, one_cpu_per_core
 
     try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        allowed = list(range(os.cpu_count() or 1))
-    seen, cpus = set(), []
-    for cpu in allowed:
-        try:
-            topo = f"/sys/devices/system/cpu/cpu{cpu}/topology"
-            with open(f"{topo}/physical_package_id") as a, open(f"{topo}/core_id") as b:
-                core = (a.read().strip(), b.read().strip())
-        except OSError:
-            core = ("", str(cpu))
-        if core not in seen:
-            seen.add(core)
-            cpus.append(cpu)
+        cpus = one_cpu_per_core()
+    except OSError:  # no sysfs topology: every allowed CPU
+        cpus = allowed_cpus()
     return cpus[: default_threads()]
 
 

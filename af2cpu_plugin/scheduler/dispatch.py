@@ -17,7 +17,6 @@ import logging
 from typing import Dict, List, Optional
 
 from .jobs import Job
-from .store import PredictionStore
 from .worker import run_job
 
 logger = logging.getLogger(__name__)
@@ -28,17 +27,15 @@ class Dispatcher:
 
     def __init__(self, client) -> None:
         self.client = client
-        self.jobs: Dict[str, Job] = {}
         self.futures: Dict[str, object] = {}
         self.failed: Dict[str, str] = {}
 
     def submit(self, jobs: List[Job]) -> int:
-        """Queue ``jobs`` (those not finished already), the costliest first; returns how many were queued."""
+        """Queue ``jobs`` (the orchestrator passes those not stored yet), the costliest first; returns how many
+        were queued (a key already in flight is not queued again)."""
         queued = 0
-        for job in jobs:
-            self.jobs[job.key] = job
         for job in sorted(jobs, key=lambda j: -j.cost):
-            if job.key in self.futures or PredictionStore(job.store_root).has_result(job.key, job.fingerprint):
+            if job.key in self.futures:
                 continue
             # Dask runs higher priorities first; pure=False: a rerun of a key is a new task.
             self.futures[job.key] = self.client.submit(run_job, job, key=f"af2cpu-{job.key}", priority=int(job.cost),
@@ -47,10 +44,11 @@ class Dispatcher:
         return queued
 
     def wait(self, key: str) -> bool:
-        """Block until ``key`` is computed; False when the cluster gave up on it (the reason in ``failed``)."""
+        """Block until ``key`` is computed (True at once when nothing is in flight for it: the caller reads the
+        store); False when the cluster gave up on it (the reason in ``failed``)."""
         future = self.futures.get(key)
         if future is None:
-            return key in self.jobs and PredictionStore(self.jobs[key].store_root).has_result(key)
+            return True
         try:
             future.result()
             return True
