@@ -322,6 +322,8 @@ def _prediction_lines(args, queries, is_complex, precision: str, threads: int, l
         padded = f", padded to {p.workload.num_res}" if p.workload.num_res != q.length else ""
         fits = (f"fits in {limit.describe()}" if e.fits and limit.bytes is not None else
                 "fits (no memory limit known)" if e.fits else f"does NOT fit in {limit.describe()}")
+        if e.fits and e.pair_storage == "bf16":
+            fits += ", with the pair stored in bf16"
         lines.append(f"query {q.name!r}: {q.length} residues{padded}, {shape}: peak {format_size(e.peak_rss_bytes)}, "
                      f"{_duration(e.seconds_per_pass)} per pass, {up}{_duration(e.seconds_per_pass * passes)} "
                      f"per model; {fits}")

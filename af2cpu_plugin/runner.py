@@ -96,7 +96,7 @@ class CpuRunModel:
         model_class = MultimerIteration if self.multimer_mode else AlphaFoldIteration
         self.model = model_class(config.model).eval()
         self._params: Optional[Mapping] = None
-        self._logged_groups = 1
+        self._logged_plan = (1, "fp32")
         if params is not None:
             self.params = params
 
@@ -124,20 +124,23 @@ class CpuRunModel:
                                    int(np.shape(feat["extra_msa"])[-2]), templates)
 
     def policy_for(self, feat: Mapping[str, np.ndarray]) -> RuntimePolicy:
-        """The runner's policy, with the chunking the cost model picks for this input (and its ``memory_limit``)
-        unless the policy fixes ``channel_groups`` itself."""
+        """The runner's policy, with the chunking and pair storage the cost model picks for this input (and
+        its ``memory_limit``), where the policy does not fix ``channel_groups`` or ``pair_storage`` itself."""
         policy = self.policy
-        if policy.channel_groups is not None:
+        if policy.channel_groups is not None and policy.pair_storage is not None:
             return policy
         workload = self.workload(feat)
         plan = cost_model.estimate(workload, policy.precision, policy.threads or torch.get_num_threads(),
                                    policy.memory_limit)
-        if plan.channel_groups != self._logged_groups:
-            self._logged_groups = plan.channel_groups
+        groups = policy.channel_groups or plan.channel_groups
+        storage = policy.pair_storage or plan.pair_storage
+        if (groups, storage) != self._logged_plan:
+            self._logged_plan = (groups, storage)
             limit = "" if policy.memory_limit is None else f"memory limit {policy.memory_limit / 2**30:.1f} GiB, "
-            logger.info(f"{limit}{workload.num_res} residues: the triangle multiplications run in "
-                        f"{plan.channel_groups} channel group(s) (predicted peak {plan.peak_rss_bytes / 2**30:.1f} GiB)")
-        return dataclasses.replace(policy, channel_groups=plan.channel_groups)
+            pair = "; the pair is stored in bf16 to fit" if storage == "bf16" else ""
+            logger.info(f"{limit}{workload.num_res} residues: the triangle multiplications run in {groups} "
+                        f"channel group(s){pair} (predicted peak {plan.peak_rss_bytes / 2**30:.1f} GiB)")
+        return dataclasses.replace(policy, channel_groups=groups, pair_storage=storage)
 
     def process_features(self, raw_features, random_seed: int):
         """ColabFold's own numpy feature pipeline, unchanged (multimer: the raw features, sampled in the model)."""
@@ -165,13 +168,16 @@ class CpuRunModel:
         # recycling embedder upcasts it slice by slice, as AlphaFold_noE upcasts the whole.
         batch["prev_pair"] = torch.from_numpy(np.asarray(prev["prev_pair"]))
         with torch.inference_mode(), self.policy_for(feat).active():
-            ret = _to_numpy(self.model(batch))
+            ret = self.model(batch)
+            # float16 now, as predict would make it, before the confidence functions'
+            # [L, L, 64] temporaries, and straight from the trunk's dtype (bf16 in bf16):
+            # no float32 copy of the pair is made.
+            prev_pair = ret["representations"].pop("pair").to(torch.float16).numpy()
+            ret = _to_numpy(ret)
         reps = ret.pop("representations")
         new_prev = {
             "prev_msa_first_row": reps["msa_first_row"],
-            # float16 now, as predict would make it, before the confidence functions'
-            # [L, L, 64] temporaries: the float32 pair is not kept alongside them.
-            "prev_pair": np.asarray(reps.pop("pair"), np.float16),
+            "prev_pair": prev_pair,
             "prev_pos": ret["structure_module"]["final_atom_positions"],
         }
         seq_mask = feat["seq_mask"].astype(np.float32)

@@ -1,5 +1,9 @@
 """Peak RSS and time of one pass against sequence length: cpu fp32, cpu bf16 and ColabFold's JAX path.
 
+``cpu_bf16`` stores the pair as the runner would under the memory limit
+(fp32 unless it does not fit); ``cpu_bf16_pair`` always stores it in bf16,
+what the runner turns to where memory is short.
+
 Single sequence, model 3 ptm with random weights, one recycling pass, each
 engine and length in a fresh child process pinned to the same CPUs. Next to
 each cpu row the cost model's prediction (``af2cpu calibrate``'s
@@ -28,6 +32,7 @@ earlier runs by engine and length) and bench/results/memory.png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -38,7 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
-ENGINES = ("cpu_fp32", "cpu_bf16", "jax")
+ENGINES = ("cpu_fp32", "cpu_bf16", "cpu_bf16_pair", "jax")
 
 
 def _jax_child(num_res: int, blocks: int, data: str) -> dict:
@@ -71,7 +76,8 @@ def _jax_child(num_res: int, blocks: int, data: str) -> dict:
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "channel_groups": None}
 
 
-def _child(engine: str, num_res: int, blocks: int, groups: int, threads: int, data: str) -> dict:
+def _child(engine: str, num_res: int, blocks: int, groups: int, threads: int, data: str,
+           pair_storage: str = "fp32") -> dict:
     sys.path.insert(0, str(ROOT))
     from af2cpu_plugin.cli import _setup_environment
 
@@ -80,12 +86,14 @@ def _child(engine: str, num_res: int, blocks: int, groups: int, threads: int, da
         return _jax_child(num_res, blocks, data)
     from af2cpu_plugin.capacity.calibrate import measure
 
-    row = measure(num_res, engine.split("_")[1], groups, threads, data, main_blocks=blocks, passes=1)
-    return {"seconds": row["seconds"], "peak_rss_bytes": row["peak_rss_bytes"], "channel_groups": groups}
+    row = measure(num_res, engine.split("_")[1], groups, threads, data, main_blocks=blocks, passes=1,
+                  pair_storage=pair_storage)
+    return {"seconds": row["seconds"], "peak_rss_bytes": row["peak_rss_bytes"], "channel_groups": groups,
+            "pair_storage": pair_storage}
 
 
-def _run(engine, num_res, blocks, groups, threads, data) -> dict:
-    payload = json.dumps([engine, num_res, blocks, groups, threads, data])
+def _run(engine, num_res, blocks, groups, threads, data, pair_storage="fp32") -> dict:
+    payload = json.dumps([engine, num_res, blocks, groups, threads, data, pair_storage])
     # The child inherits this process's affinity mask: every engine runs on the same CPUs.
     proc = subprocess.run([sys.executable, __file__, "--child", payload], capture_output=True, text=True,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -101,11 +109,12 @@ def _chart(rows: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for engine, style in (("cpu_fp32", "o-"), ("cpu_bf16", "s-"), ("jax", "^--")):
+    for engine, style in (("cpu_fp32", "o-"), ("cpu_bf16", "s-"), ("cpu_bf16_pair", "d-"), ("jax", "^--")):
         pts = sorted((r["length"], r["peak_rss_bytes"] / GIB) for r in rows
                      if r["engine"] == engine and "peak_rss_bytes" in r)
         if pts:
-            ax.plot(*zip(*pts), style, label={"jax": "ColabFold JAX"}.get(engine, engine.replace("_", " ")))
+            ax.plot(*zip(*pts), style, label={"jax": "ColabFold JAX", "cpu_bf16_pair": "cpu bf16, bf16 pair"}.get(
+                engine, engine.replace("_", " ")))
     ax.axhline(22, color="grey", lw=0.8, ls=":")
     ax.text(ax.get_xlim()[0], 22.3, "22 GiB", color="grey", fontsize=8)
     ax.set_xlabel("residues (single sequence)")
@@ -152,18 +161,23 @@ def main(argv=None) -> int:
     rows = []
     for L in (int(x) for x in args.lengths.split(",")):
         for engine in args.engines.split(","):
-            if engine == "cpu_bf16" and not info.native_bf16:
+            if engine.startswith("cpu_bf16") and not info.native_bf16:
                 continue
             if engine == "jax" and L > args.jax_max:
                 continue
             est = None
-            groups = 1
+            groups, storage = 1, "fp32"
             if engine != "jax":
                 work = cost_model.Workload(L)
-                est = cost_model.estimate(work, engine.split("_")[1], threads, limit.bytes, coefficients)
-                groups = est.channel_groups
+                precision = engine.split("_")[1]
+                est = cost_model.estimate(work, precision, threads, limit.bytes, coefficients)
+                groups, storage = est.channel_groups, est.pair_storage
+                if engine == "cpu_bf16_pair":  # the bf16 pair whether or not memory needs it
+                    storage = "bf16"
+                    est = dataclasses.replace(est, pair_storage=storage, peak_rss_bytes=cost_model.peak_rss(
+                        work, groups, coefficients, precision, storage))
             row = {"engine": engine, "length": L, "blocks": args.blocks, "cpu": info.describe(),
-                   **_run(engine, L, args.blocks, groups, threads, data)}
+                   **_run(engine, L, args.blocks, groups, threads, data, storage)}
             if est is not None and "peak_rss_bytes" in row:
                 row["predicted_peak_rss_bytes"] = est.peak_rss_bytes
                 row["predicted_seconds_full_pass"] = est.seconds_per_pass
@@ -174,7 +188,8 @@ def main(argv=None) -> int:
                 continue
             pred = (f"{row['predicted_peak_rss_bytes'] / GIB:.2f} GiB ({row['peak_error']:+.0%}), full pass "
                     f"{row['predicted_seconds_full_pass']:.0f} s" if est is not None else "—")
-            print(f"| {engine} | {L} | groups {row['channel_groups'] or '—'} | peak {row['peak_rss_bytes'] / GIB:.2f} GiB "
+            pair = ", bf16 pair" if row.get("pair_storage") == "bf16" else ""
+            print(f"| {engine} | {L} | groups {row['channel_groups'] or '—'}{pair} | peak {row['peak_rss_bytes'] / GIB:.2f} GiB "
                   f"| {row['seconds']:.1f} s ({args.blocks} blocks) | predicted {pred} |", flush=True)
     path = args.out_dir / "memory.json"
     old = json.loads(path.read_text()) if path.exists() else []

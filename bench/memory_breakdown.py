@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--length", type=int, default=1000)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--groups", type=int, default=None, help="channel groups (default: what the runner picks)")
+    ap.add_argument("--pair-storage", choices=("fp32", "bf16"), default=None,
+                    help="the trunk's pair dtype (default: what the runner picks; bf16 needs --precision bf16)")
     ap.add_argument("--blocks", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
@@ -73,7 +75,8 @@ def main(argv=None) -> int:
     data = cached_random_data_dir("alphafold2_ptm", models=(3,))
     cfg, feat = single_sequence_case(args.length, 1)
     runner = CpuRunModel(cfg, converters.nested(converters.load_params(params_path(data, "alphafold2_ptm", 3))),
-                         policy=RuntimePolicy(precision=args.precision, channel_groups=args.groups))
+                         policy=RuntimePolicy(precision=args.precision, channel_groups=args.groups,
+                                              pair_storage=args.pair_storage))
     _, tiny = single_sequence_case(16)
     runner.forward_pass({k: v[0] for k, v in tiny.items()}, zero_prev(16))  # every weight layout built
     del runner.model.evoformer.evoformer_iteration[args.blocks:]
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
     policy = runner.policy_for({k: v[0] for k, v in feat.items()})
     runner.forward_pass({k: v[0] for k, v in feat.items()}, zero_prev(args.length))
     print(f"CPU: {cpu_info().describe()}; {torch.get_num_threads()} threads")
-    print(f"{args.length} residues, {args.precision}, channel groups {policy.channel_groups}; "
+    print(f"{args.length} residues, {args.precision}, {policy.pair_storage} pair, channel groups {policy.channel_groups}; "
           f"one pair tensor = {pair_bytes / 2**30:.2f} GiB")
     print("peak live activations while the module ran, in pair tensors (outermost modules include their parts):")
     for key, value in sorted(record.items(), key=lambda kv: -kv[1]):

@@ -119,12 +119,17 @@ def main(argv=None) -> int:
                     help="templates130: give undefined template torsions AF2's placeholder on both engines "
                          "(zero_init=False) instead of ColabFold's float32 rounding noise")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--pair-storage", choices=["fp32", "bf16"], default="fp32",
+                    help="with --precision bf16: the dtype the cpu trunk stores the pair in (bf16 is what the "
+                         "runner chooses where memory is short); results go to parity_bf16pair_CASE.json")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="bf16 multimer cases: run with these random seeds (each draws its own MSA sample inside "
                          "the model) and report each seed and the mean over seeds; pTM and ipTM are single "
                          "scalars, so one seed is one noisy sample of their bf16 error")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
+    if args.pair_storage == "bf16" and args.precision != "bf16":
+        ap.error("--pair-storage bf16 needs --precision bf16")
     if args.seeds != [0] and (args.precision != "bf16" or args.case not in (*MULTIMER_CASES, "multimer")):
         ap.error("--seeds is for --precision bf16 on the multimer cases (the monomer cases draw no sample in "
                  "the model; the fp32 floor is measured with seed 0)")
@@ -178,7 +183,8 @@ def main(argv=None) -> int:
         t = time.time()
         jax_flat = {k: np.asarray(v) for k, v in flatten(jax_params).items()}
         if args.precision == "bf16":
-            per_seed = {seed: bf16_case(cfg, cpu_flat, jax_flat, feat, args.num_recycle, seed=seed)
+            per_seed = {seed: bf16_case(cfg, cpu_flat, jax_flat, feat, args.num_recycle, seed=seed,
+                                        pair_storage=args.pair_storage)
                         for seed in args.seeds}
             if len(per_seed) == 1:
                 report[name] = per_seed[args.seeds[0]]
@@ -187,7 +193,8 @@ def main(argv=None) -> int:
                 report[name] = seeds_summary(per_seed)
                 suffix = "_seeds"
             report[name].update({"model": model_name, "length": L, **depth, "seconds": round(time.time() - t, 1)})
-            _write(args.out_dir / f"parity_bf16_{name}{suffix}.json", {name: report[name]})
+            prefix = "parity_bf16pair" if args.pair_storage == "bf16" else "parity_bf16"
+            _write(args.out_dir / f"{prefix}_{name}{suffix}.json", {name: report[name]})
             continue
         history = []
         jax_ret, cpu_ret = parity.run_both_fp32(cfg, cpu_flat, feat, jax_flat=jax_flat, history=history)
@@ -257,7 +264,7 @@ def seeds_summary(per_seed: dict) -> dict:
             "mean_over_seeds": mean, "per_seed": {str(s): {k: per_seed[s][k] for k in rows} for s in seeds}}
 
 
-def bf16_case(cfg, cpu_flat, jax_flat, feat, num_recycle: int, seed: int = 0) -> dict:
+def bf16_case(cfg, cpu_flat, jax_flat, feat, num_recycle: int, seed: int = 0, pair_storage: str = "fp32") -> dict:
     """cpu bf16 and JAX bf16, each against JAX fp32, first pass and after the recycles; prints a table."""
     from af2cpu_plugin.cpu import cpu_info
     from af2cpu_plugin.engine.policy import RuntimePolicy
@@ -265,7 +272,8 @@ def bf16_case(cfg, cpu_flat, jax_flat, feat, num_recycle: int, seed: int = 0) ->
 
     cpu_history, jax_history = [], []
     jax_fp32, cpu_bf16 = parity.run_both_fp32(cfg, cpu_flat, feat, seed=seed, jax_flat=jax_flat,
-                                              history=cpu_history, policy=RuntimePolicy(precision="bf16"))
+                                              history=cpu_history,
+                                              policy=RuntimePolicy(precision="bf16", pair_storage=pair_storage))
     parity.run_both_fp32(parity.with_bfloat16(cfg), cpu_flat, feat, seed=seed, jax_flat=jax_flat, cpu=False,
                          history=jax_history)
     jax_bf16 = jax_history[-1][0]
@@ -280,9 +288,10 @@ def bf16_case(cfg, cpu_flat, jax_flat, feat, num_recycle: int, seed: int = 0) ->
         L, shape = feat["aatype"].shape[0], f"{feat['msa'].shape[0]} MSA rows"
     else:
         L, shape = feat["aatype"].shape[1], f"{feat['msa_feat'].shape[1]} clusters, {feat['extra_msa'].shape[1]} extra"
-    _print_bf16_table(f"bf16, seed {seed}: {L} residues, {shape}, {num_recycle} recycles; "
+    _print_bf16_table(f"bf16 ({pair_storage} pair), seed {seed}: {L} residues, {shape}, {num_recycle} recycles; "
                       f"CPU: {cpu_info().describe()} (max / mean |Δ|)", rows)
-    return {"precision": "bf16", "num_recycle": num_recycle, "cpu": cpu_info().describe(), **rows}
+    return {"precision": "bf16", "pair_storage": pair_storage, "num_recycle": num_recycle,
+            "cpu": cpu_info().describe(), **rows}
 
 
 if __name__ == "__main__":

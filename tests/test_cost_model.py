@@ -53,6 +53,15 @@ def test_estimate_picks_the_cheapest_chunking_that_fits():
     assert (fitting.channel_groups, fitting.fits) == (4, True)
     too_small = cost_model.estimate(work, memory_limit=GIB, coefficients=c)
     assert too_small.fits is False and too_small.channel_groups == cost_model.GROUP_CHOICES[-1]
+    # fp32 precision never stores the pair in bf16; bf16 does only where no fp32-pair grouping fits.
+    assert too_small.pair_storage == "fp32"
+    frugal_fp32 = cost_model.peak_rss(work, 16, c, "bf16")
+    bf16_pair = cost_model.peak_rss(work, 4, c, "bf16", "bf16")
+    assert bf16_pair < frugal_fp32
+    plenty = cost_model.estimate(work, "bf16", memory_limit=frugal_fp32 + GIB, coefficients=c)
+    assert plenty.pair_storage == "fp32"
+    short = cost_model.estimate(work, "bf16", memory_limit=(bf16_pair + frugal_fp32) // 2, coefficients=c)
+    assert (short.pair_storage, short.channel_groups, short.fits) == ("bf16", 4, True)
     # Deeper MSAs and more residues cost more memory and time.
     deep = cost_model.Workload(3000, msa_depth=512, extra_msa_depth=5120)
     assert cost_model.peak_rss(deep, 4, c) > grouped

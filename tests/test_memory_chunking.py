@@ -147,3 +147,10 @@ def test_runner_chooses_channel_groups_per_input():
     assert tight.policy_for(single(3000)).channel_groups == 16
     fixed = CpuRunModel(cfg, policy=RuntimePolicy(channel_groups=1, memory_limit=(four + sixteen) // 2))
     assert fixed.policy_for(single(3000)).channel_groups == 1
+    # bf16: the pair is stored in bf16 only where no fp32-pair grouping fits.
+    assert tight.policy_for(single(3000)).pair_storage == "fp32"
+    bf16_pair = cost_model.peak_rss(workload, 4, coefficients, "bf16", "bf16")
+    fp32_pair = cost_model.peak_rss(workload, 16, coefficients, "bf16")
+    short = CpuRunModel(cfg, policy=RuntimePolicy(precision="bf16", memory_limit=(bf16_pair + fp32_pair) // 2))
+    assert short.policy_for(single(3000)).pair_storage == "bf16"
+    assert short.policy_for(single(300)).pair_storage == "fp32"

@@ -240,6 +240,38 @@ def test_gated_rows_matches_the_three_passes(dtype, with_mask, rows, positions):
 
 
 @pytest.mark.skipif(not BF16_OK, reason="no avx512_bf16")
+@pytest.mark.parametrize("transposed", [False, True])
+def test_layer_norm_to_bf16_reads_a_bf16_pair(transposed):
+    """The bf16 pair (pair_storage "bf16") normalised in one pass: what LayerNorm of its fp32 values gives,
+    rounded to bf16 (one bf16 ulp at most, from the order of the fp32 sums)."""
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(9, 6, 128, generator=gen) * 3 + 1).to(torch.bfloat16)
+    x = x.transpose(0, 1) if transposed else x
+    w, b = torch.randn(128, generator=gen), torch.randn(128, generator=gen)
+    ours = kernels.layer_norm_to_bf16(x, w, b, 1e-5)
+    stock = F.layer_norm(x.float(), (128,), w, b, 1e-5).to(torch.bfloat16)
+    assert ours.dtype == torch.bfloat16 and ours.shape == x.shape and ours.is_contiguous()
+    assert ((ours.float() - stock.float()).abs() <= stock.float().abs() * 2 ** -7 + 1e-6).all()
+
+
+@pytest.mark.skipif(not BF16_OK, reason="no avx512_bf16")
+@pytest.mark.parametrize("update_dtype", [torch.bfloat16, torch.float32])
+def test_add_into_a_bf16_stream_rounds_once_as_torch(update_dtype):
+    """bf16 pair += bf16 or fp32 update (strided views of either): bit-identical to PyTorch's add."""
+    from af2cpu_plugin.engine import primitives
+
+    gen = torch.Generator().manual_seed(4)
+    for acc in (torch.randn(9, 7, 128, generator=gen).bfloat16(),
+                torch.randn(7, 9, 128, generator=gen).bfloat16().transpose(0, 1)):
+        update = torch.randn(7, 9, 128, generator=gen).to(update_dtype).transpose(0, 1)
+        expected = acc.clone().add_(update)
+        with RuntimePolicy(kernels="native").active():
+            out = primitives.residual_add_(acc, update)
+        assert out is acc and acc.dtype == torch.bfloat16
+        assert torch.equal(acc, expected)
+
+
+@pytest.mark.skipif(not BF16_OK, reason="no avx512_bf16")
 def test_add_into_adds_a_bf16_update_exactly():
     """fp32 stream += bf16 update (strided: transposed views of either) is the same as adding its fp32 copy."""
     from af2cpu_plugin.engine import primitives

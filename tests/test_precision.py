@@ -121,3 +121,29 @@ def test_malloc_settings_apply_once_and_yield_to_the_environment(monkeypatch):
     assert malloc.tune()
     assert calls == [(malloc.M_TRIM_THRESHOLD, malloc.TRIM_THRESHOLD_BYTES)]
     assert malloc.tune() and len(calls) == 1  # once per process
+
+
+def test_bf16_pair_is_read_in_fp32_slice_by_slice():
+    """The bf16 pair handed to the fp32 structure module and heads: LayerNorm and Linear compute on its fp32
+    values (not LayerNorm in bf16), in row slices (the policy's slice_bytes), as if cast whole first."""
+    gen = torch.Generator().manual_seed(5)
+    lin = Linear(16, 7)
+    lin.weights.data.normal_(generator=gen)
+    lin.bias.data.normal_(generator=gen)
+    norm = LayerNorm(16)
+    norm.scale.data.normal_(generator=gen)
+    norm.offset.data.normal_(generator=gen)
+    pair = torch.randn(40, 40, 16, generator=gen).to(torch.bfloat16)
+    with torch.inference_mode(), RuntimePolicy(precision="bf16", slice_bytes=40 * 16 * 2 * 3).active():
+        normed, logits = norm(pair), lin(pair)
+        whole_normed, whole_logits = norm(pair.float()), lin(pair.float())
+    assert normed.dtype == logits.dtype == torch.float32
+    assert torch.equal(normed, whole_normed)
+    torch.testing.assert_close(logits, whole_logits, rtol=1e-6, atol=1e-6)
+
+
+def test_pair_storage_needs_bf16_precision():
+    with pytest.raises(ValueError, match="bf16 precision"):
+        RuntimePolicy(precision="fp32", pair_storage="bf16")
+    with pytest.raises(ValueError, match="pair storage"):
+        RuntimePolicy(precision="bf16", pair_storage="fp16")

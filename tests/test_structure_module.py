@@ -122,6 +122,23 @@ def test_invariant_point_attention_matches_haiku():
         chunked = ipa(torch.from_numpy(inputs_1d), torch.from_numpy(inputs_2d), torch.from_numpy(mask), affine)
     assert_close("IPA chunked vs whole", chunked, out, 1e-5)
 
+    # The structure module hands IPA LayerNorm(pair) made slice by slice where it is read (RowMapped),
+    # from a bf16 pair too: the same numbers as normalising the whole (fp32) pair first.
+    from af2cpu_plugin.engine.chunking import RowMapped
+    from af2cpu_plugin.engine.primitives import LayerNorm
+
+    norm = LayerNorm(PAIR)
+    norm.scale.data.normal_()
+    norm.offset.data.normal_()
+    pair = torch.from_numpy(inputs_2d).to(torch.bfloat16)
+    x1, m = torch.from_numpy(inputs_1d), torch.from_numpy(mask)
+    with RuntimePolicy(precision="bf16", subbatch_size=4).active(), torch.inference_mode():
+        lazy = ipa(x1, RowMapped(pair, norm), m, affine)
+        eager = ipa(x1, norm(pair.float()), m, affine)
+    assert torch.equal(lazy, eager)
+    with torch.inference_mode():  # unsliced: made whole
+        assert torch.equal(ipa(x1, RowMapped(pair, norm), m, affine), ipa(x1, norm(pair.float()), m, affine))
+
 
 def test_torsion_frames_and_atom14_match_alphafold():
     import jax.numpy as jnp

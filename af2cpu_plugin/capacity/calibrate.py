@@ -56,7 +56,7 @@ def single_sequence_case(num_res: int, passes: int = 1):
 
 
 def measure(num_res: int, precision: str, groups: int, threads: int, data_dir: str,
-            main_blocks: int = MAIN_BLOCKS, passes: int = 2) -> dict:
+            main_blocks: int = MAIN_BLOCKS, passes: int = 2, pair_storage: str = "fp32") -> dict:
     """One pass's peak RSS and time, in this process (call it in a fresh child)."""
     import torch
 
@@ -68,7 +68,7 @@ def measure(num_res: int, precision: str, groups: int, threads: int, data_dir: s
 
     cfg, feat = single_sequence_case(num_res, passes)
     runner = CpuRunModel(cfg, nested(load_params(params_path(data_dir, "alphafold2_ptm", 3))),
-                         policy=RuntimePolicy(precision=precision, channel_groups=groups))
+                         policy=RuntimePolicy(precision=precision, channel_groups=groups, pair_storage=pair_storage))
     # One short pass through all 48 blocks first: every block's weights in their kernel layouts
     # (and the kernels loaded), as in a real run; then only the first blocks at full length.
     _, tiny = single_sequence_case(16)
@@ -93,21 +93,23 @@ def measure(num_res: int, precision: str, groups: int, threads: int, data_dir: s
     # A main block's time: between the ends of the last two (the first block of a pass also waits for
     # whatever the pass did before it).
     block = stamps[-1] - stamps[-2] if len(stamps) > 1 else None
-    return {"num_res": num_res, "precision": precision, "groups": groups, "main_blocks": main_blocks,
+    return {"num_res": num_res, "precision": precision, "groups": groups, "pair_storage": pair_storage,
+            "main_blocks": main_blocks,
             "base_bytes": base, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "pass_live_bytes": (cache["window_peak_bytes"] - live_before) if cache else None,
             "seconds": times[-1], "block_seconds": block}
 
 
 def run_child(num_res: int, precision: str, groups: int, threads: int, data_dir: str,
-              main_blocks: int = MAIN_BLOCKS) -> dict:
+              main_blocks: int = MAIN_BLOCKS, pair_storage: str = "fp32") -> dict:
     """:func:`measure` in a fresh child process, pinned to this process's CPUs (it inherits the affinity mask)."""
     cmd = [sys.executable, "-m", "af2cpu_plugin.capacity.calibrate", "--child", str(num_res), precision,
-           str(groups), str(threads), data_dir, str(main_blocks)]
+           str(groups), str(threads), data_dir, str(main_blocks), pair_storage]
     env = dict(os.environ, JAX_PLATFORMS="cpu", THP_MEM_ALLOC_ENABLE=os.environ.get("THP_MEM_ALLOC_ENABLE", "1"))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"calibration child failed ({num_res} residues, {precision}, {groups} groups):\n"
+        raise RuntimeError(f"calibration child failed ({num_res} residues, {precision}, {groups} groups, "
+                           f"{pair_storage} pair):\n"
                            + proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -140,20 +142,29 @@ def _nnls_fit(columns: List[List[float]], y: List[float]) -> List[float]:
     return [float(v) for v in nnls(np.array(columns).T, np.array(y))[0]]
 
 
+def _storage(row: dict) -> str:
+    return row.get("pair_storage", "fp32")  # measurements stored before bf16 pair storage existed: fp32
+
+
+def _key(row: dict) -> str:
+    return cost_model.memory_key(row["precision"], _storage(row))
+
+
 def fit(rows: List[dict], cpu: str, threads: int) -> cost_model.Coefficients:
     """Coefficients from measurements (see :mod:`.cost_model` for the model)."""
     import numpy as np
 
-    precisions = sorted({r["precision"] for r in rows})
+    # Memory per key: a precision, or "bf16-pair" (bf16 with the pair stored in bf16); time per precision.
+    keys = sorted({_key(r) for r in rows})
     k_pair: Dict[str, Dict[int, float]] = {}
-    for precision in precisions:
-        for g in sorted({r["groups"] for r in rows if r["precision"] == precision}):
-            points = [r for r in rows if r["groups"] == g and r["precision"] == precision]
-            k_pair.setdefault(precision, {})[g] = _through_origin([_pair_bytes(r) for r in points],
-                                                                  [_activation_bytes(r) for r in points])
+    for key in keys:
+        for g in sorted({r["groups"] for r in rows if _key(r) == key}):
+            points = [r for r in rows if r["groups"] == g and _key(r) == key]
+            k_pair.setdefault(key, {})[g] = _through_origin([_pair_bytes(r) for r in points],
+                                                            [_activation_bytes(r) for r in points])
     time_fits: Dict[str, Dict[str, float]] = {}
-    for precision in precisions:
-        timed = [r for r in rows if r["precision"] == precision and r["groups"] == 1 and r.get("block_seconds")]
+    for precision in sorted({r["precision"] for r in rows}):
+        timed = [r for r in rows if _key(r) == precision and r["groups"] == 1 and r.get("block_seconds")]
         if len(timed) < 2:
             continue
         # A main Evoformer block: its matmul work at an achieved rate, plus per-pair-element work.
@@ -179,18 +190,19 @@ def fit(rows: List[dict], cpu: str, threads: int) -> cost_model.Coefficients:
     # The base, per precision: the process before the pass (libraries, weights in their kernel layouts),
     # as measured. (Fitting it as the residual of the peaks instead let the small runs, whose activations
     # fit in blocks the weights' conversion had left in the cache, pull it up: +16% at 600 residues.)
-    base = {p: float(np.median([r["base_bytes"] for r in rows if r["precision"] == p])) for p in precisions}
+    base = {k: float(np.median([r["base_bytes"] for r in rows if _key(r) == k])) for k in keys}
     fitted = cost_model.Coefficients(base_bytes=base, k_pair=k_pair, time=time_fits, group_time_factor=factor,
                                      cpu=cpu, threads=threads, calibrated=True)
     # What the peak holds outside the block cache, per pair-sized tensor: the heads' logits and the
     # confidence functions' numpy temporaries at the end of the pass, on top of the blocks the cache
     # keeps mapped from the trunk's peak.
     k_outside = {}
-    for p in precisions:
-        mine = [r for r in rows if r["precision"] == p]
-        rest = [r["peak_rss_bytes"] - cost_model.peak_rss(cost_model.Workload(r["num_res"]), r["groups"], fitted, p)
+    for key in keys:
+        mine = [r for r in rows if _key(r) == key]
+        rest = [r["peak_rss_bytes"] - cost_model.peak_rss(cost_model.Workload(r["num_res"]), r["groups"], fitted,
+                                                          r["precision"], _storage(r))
                 for r in mine]
-        k_outside[p] = max(0.0, _through_origin([_pair_bytes(r) for r in mine], rest))
+        k_outside[key] = max(0.0, _through_origin([_pair_bytes(r) for r in mine], rest))
     return dataclasses.replace(fitted, k_outside=k_outside)
 
 
@@ -205,12 +217,17 @@ def calibrate(threads: int, data_dir: Optional[str] = None, log=print) -> Path:
     log("random weights for the measurements (model 3; made once)...")
     write_random_params(data_dir, "alphafold2_ptm", models=(3,), seed=0)
     plan = [(L, "fp32", g) for g, lengths in GROUP_LENGTHS.items() for L in lengths]
+    plan = [(L, precision, g, "fp32") for L, precision, g in plan]
     if resolve_precision("auto", info) == "bf16":
-        plan += [(L, "bf16", 1) for L in LENGTHS] + [(LENGTHS[-1], "bf16", 4)]
+        plan += [(L, "bf16", 1, "fp32") for L in LENGTHS] + [(LENGTHS[-1], "bf16", 4, "fp32")]
+        # The bf16 pair, chosen only where memory is short, hence at long lengths: with 4 groups
+        # (what 512 residues and more start from) at every length, 16 at the longest.
+        plan += [(L, "bf16", 4, "bf16") for L in LENGTHS] + [(LENGTHS[-1], "bf16", 16, "bf16")]
     rows = []
-    for L, precision, groups in plan:
-        row = run_child(L, precision, groups, threads, data_dir)
-        log(f"  {L} residues, {precision}, {groups} channel group(s): peak RSS "
+    for L, precision, groups, storage in plan:
+        row = run_child(L, precision, groups, threads, data_dir, pair_storage=storage)
+        pair = ", bf16 pair" if storage == "bf16" else ""
+        log(f"  {L} residues, {precision}{pair}, {groups} channel group(s): peak RSS "
             f"{row['peak_rss_bytes'] / cost_model.GIB:.2f} GiB, {row['seconds']:.1f} s per pass "
             f"({MAIN_BLOCKS} Evoformer blocks)")
         rows.append(row)
@@ -222,17 +239,18 @@ def calibrate(threads: int, data_dir: Optional[str] = None, log=print) -> Path:
 
 
 def _child_main(argv: Sequence[str]) -> int:
-    num_res, precision, groups, threads, data_dir, main_blocks = argv
+    num_res, precision, groups, threads, data_dir, main_blocks, pair_storage = argv
     from af2cpu_plugin.cli import _setup_environment
 
     _setup_environment()
-    row = measure(int(num_res), precision, int(groups), int(threads), data_dir, int(main_blocks))
+    row = measure(int(num_res), precision, int(groups), int(threads), data_dir, int(main_blocks),
+                  pair_storage=pair_storage)
     print(json.dumps(row))
     return 0
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--child", nargs=6)
+    ap.add_argument("--child", nargs=7)
     args = ap.parse_args()
     sys.exit(_child_main(args.child))

@@ -29,6 +29,12 @@ from the rest (the engine's progress hook), per precision. More channel
 groups cost a little time (the grouped path recomputes a LayerNorm per
 group), measured as a factor.
 
+Pair storage. In bf16 the runner may store the pair itself in bf16 (the
+policy's ``pair_storage``), as ColabFold's bf16 trunk does: it is chosen
+only where the fp32 pair does not fit with any channel grouping, since it
+adds ColabFold's own bf16 error. Its coefficients are measured apart, under
+the key ``"bf16-pair"`` (:func:`memory_key`); its time is bf16's.
+
 Without a calibration file for this CPU and thread count the built-in
 coefficients are used (measured on an AMD Zen 5, 2 threads), and
 ``Estimate.calibrated`` says so.
@@ -81,6 +87,7 @@ class Estimate:
     channel_groups: int  # triangle multiplication: channels contracted in this many groups (1: unchunked)
     memory_limit: Optional[int]  # bytes the prediction must fit in (None: no limit known)
     calibrated: bool  # coefficients measured on this machine (else built-in defaults)
+    pair_storage: str = "fp32"  # the dtype the trunk stores the pair in ("bf16" only under bf16 precision)
 
     @property
     def fits(self) -> bool:
@@ -125,16 +132,17 @@ class Coefficients:
         return cls(**d)
 
 
-#: Built-in: ``af2cpu calibrate`` on an AMD EPYC Zen 5, 2 threads (2026-11-30), rounded.
+#: Built-in: ``af2cpu calibrate`` on an AMD EPYC Zen 5, 2 threads (2026-11-30, with bf16 pair storage), rounded.
+#: The recycled pair (float16, made by torch now, so inside the block cache) is counted in ``k_pair``.
 DEFAULT = Coefficients(
-    base_bytes={"fp32": 1.15 * GIB, "bf16": 1.05 * GIB},
-    k_pair={"fp32": {1: 7.1, 4: 2.87, 16: 2.31}, "bf16": {1: 4.0, 4: 2.06}},
-    k_outside={"fp32": 0.33, "bf16": 1.12},
-    time={"fp32": {"block_seconds_per_flop": 1 / 266e9, "block_seconds_per_pair_element": 0.0,
-                   "rest_seconds_per_flop": 1 / 227e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0},
-          "bf16": {"block_seconds_per_flop": 0.0, "block_seconds_per_pair_element": 4.16e-6,
-                   "rest_seconds_per_flop": 1 / 464e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0}},
-    group_time_factor={1: 1.0, 4: 1.01, 16: 1.03},
+    base_bytes={"fp32": 1.16 * GIB, "bf16": 1.06 * GIB, "bf16-pair": 1.04 * GIB},
+    k_pair={"fp32": {1: 7.62, 4: 3.37, 16: 2.81}, "bf16": {1: 4.52, 4: 2.56}, "bf16-pair": {4: 2.12, 16: 2.10}},
+    k_outside={"fp32": 0.0, "bf16": 0.0, "bf16-pair": 0.0},
+    time={"fp32": {"block_seconds_per_flop": 1 / 269e9, "block_seconds_per_pair_element": 7.5e-8,
+                   "rest_seconds_per_flop": 1 / 235e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0},
+          "bf16": {"block_seconds_per_flop": 1 / 794e9, "block_seconds_per_pair_element": 1.42e-6,
+                   "rest_seconds_per_flop": 1 / 443e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0}},
+    group_time_factor={1: 1.0, 4: 1.01, 16: 1.08},
 )
 
 
@@ -185,19 +193,28 @@ def tensor_bytes(workload: Workload) -> Tuple[int, int, int]:
             max(workload.extra_msa_depth, 1) * L * flops.C_E * 4)
 
 
-def peak_rss(workload: Workload, groups: int, coefficients: Coefficients = DEFAULT, precision: str = "fp32") -> int:
+def memory_key(precision: str, pair_storage: str = "fp32") -> str:
+    """The coefficients' key for a precision and pair storage: the precision, or ``"bf16-pair"``."""
+    return "bf16-pair" if pair_storage == "bf16" else precision
+
+
+def peak_rss(workload: Workload, groups: int, coefficients: Coefficients = DEFAULT, precision: str = "fp32",
+             pair_storage: str = "fp32") -> int:
     """``base`` plus the activations live at the peak, plus what the engine's block cache keeps mapped
     above them (``kernels/block_cache.cpp``: a quarter of the peak, at most 256 MiB), plus what the end
     of the pass holds outside that cache."""
     pair, msa, extra = tensor_bytes(workload)
-    by_group = coefficients.k_pair.get(precision) or coefficients.k_pair["fp32"]
+    key = memory_key(precision, pair_storage)
+    if key not in coefficients.k_pair and key in DEFAULT.k_pair:
+        coefficients = DEFAULT  # a calibration made before bf16 pair storage existed: the built-in values
+    by_group = coefficients.k_pair.get(key) or coefficients.k_pair["fp32"]
     # A group count not calibrated in this precision (bf16 measures 1 and 4): the nearest fewer groups
     # measured (more groups never hold more), else the most frugal one measured.
     fewer = [g for g in by_group if g <= groups]
     k_pair = by_group[max(fewer)] if fewer else by_group[min(by_group)]
     live = k_pair * pair + K_MSA * msa + K_EXTRA * extra
-    base = coefficients.base_bytes.get(precision) or coefficients.base_bytes["fp32"]
-    outside = coefficients.k_outside.get(precision, 0.0) * pair
+    base = coefficients.base_bytes.get(key) or coefficients.base_bytes["fp32"]
+    outside = coefficients.k_outside.get(key, 0.0) * pair
     return int(base + live + min(live / 4, CACHE_SLACK_BYTES) + outside)
 
 
@@ -223,11 +240,15 @@ def estimate(workload: Workload, precision: str = "fp32", threads: int = 1,
     them; when nothing fits, the most frugal choice (``Estimate.fits`` says so).
     """
     c = coefficients or load(threads=threads)
-    choices = [g for g in GROUP_CHOICES if g >= (4 if workload.num_res >= GROUPED_FROM else 1)]
+    groups = [g for g in GROUP_CHOICES if g >= (4 if workload.num_res >= GROUPED_FROM else 1)]
+    # Cheapest first: the fp32 pair in ever more channel groups (the same result to rounding), then,
+    # in bf16 only, the bf16 pair (ColabFold's bf16 error).
+    choices = [("fp32", g) for g in groups] + ([("bf16", g) for g in groups] if precision == "bf16" else [])
     if memory_limit is None:
-        groups = choices[0]
+        storage, g = choices[0]
     else:
-        groups = next((g for g in choices if peak_rss(workload, g, c, precision) <= memory_limit), choices[-1])
-    return Estimate(peak_rss_bytes=peak_rss(workload, groups, c, precision),
-                    seconds_per_pass=seconds_per_pass(workload, precision, groups, c),
-                    channel_groups=groups, memory_limit=memory_limit, calibrated=c.calibrated)
+        storage, g = next((sg for sg in choices if peak_rss(workload, sg[1], c, precision, sg[0]) <= memory_limit),
+                          choices[-1])
+    return Estimate(peak_rss_bytes=peak_rss(workload, g, c, precision, storage),
+                    seconds_per_pass=seconds_per_pass(workload, precision, g, c),
+                    channel_groups=g, memory_limit=memory_limit, calibrated=c.calibrated, pair_storage=storage)

@@ -8,7 +8,7 @@ runtime policy decides the slice size.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -16,9 +16,40 @@ from .policy import current_policy
 from .primitives import residual_add_
 
 
+class RowMapped:
+    """``fn(source)`` for a row-wise ``fn``, made only as :func:`subbatched` slices it.
+
+    For an input that is a function of a bigger tensor read many times: the
+    structure module's LayerNorm of the pair, which each of its 8 iterations
+    reads in row slices. Normalising each slice when it is read (a LayerNorm
+    is per position, so the numbers are the same) keeps the normalised pair
+    from ever being whole: one pair-sized fp32 tensor less after the trunk.
+    ``itemsize``: bytes per element of the result (what the slices are sized by).
+    """
+
+    def __init__(self, source: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], itemsize: int = 4) -> None:
+        self.source, self.fn, self.itemsize = source, fn, itemsize
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.source.shape
+
+    def numel(self) -> int:
+        return self.source.numel()
+
+    def element_size(self) -> int:
+        return self.itemsize
+
+    def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
+        return self.fn(self.source.narrow(dim, start, length))
+
+    def whole(self) -> torch.Tensor:
+        return self.fn(self.source)
+
+
 def subbatched(
     fn: Callable[..., torch.Tensor],
-    batched: Sequence[torch.Tensor],
+    batched: Sequence[Union[torch.Tensor, RowMapped]],
     shared: Sequence[torch.Tensor] = (),
     dim: int = 0,
     temp_row_bytes: int = 0,
@@ -28,7 +59,8 @@ def subbatched(
 
     ``batched`` tensors are sliced together (a tensor whose size along ``dim``
     is 1 is broadcast, not sliced); ``shared`` ones are passed whole. The
-    slices are concatenated along ``dim``. ``temp_row_bytes``: bytes of the
+    slices are concatenated along ``dim``; a :class:`RowMapped` input is made
+    slice by slice (whole when the rows are not sliced). ``temp_row_bytes``: bytes of the
     widest temporary ``fn`` makes per row, for modules whose temporaries dwarf
     their inputs (the outer product mean); it counts against 4x the policy's
     ``slice_bytes``.
@@ -48,7 +80,7 @@ def subbatched(
     )
     chunk = _rows_per_slice(size, row_bytes, temp_row_bytes)
     if chunk >= size:
-        out = fn(*batched, *shared)
+        out = fn(*(t.whole() if isinstance(t, RowMapped) else t for t in batched), *shared)
         return out if add_into is None else residual_add_(add_into, out)
     outputs = []
     for start, length in _slices(size, chunk):

@@ -16,6 +16,7 @@ from alphafold.common import residue_constants
 
 from .chunking import row_slices
 from .params import Scopeless
+from .policy import pair_dtype
 from .primitives import LayerNorm, Linear
 
 _GLY = residue_constants.restype_order["G"]
@@ -88,7 +89,12 @@ class InputEmbedder(Scopeless):
     def forward(self, target_feat: torch.Tensor, msa_feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # In place into the [S, L, c_m] projection: one MSA-sized tensor, not two (a + b == b + a exactly).
         msa = self.preprocess_msa(msa_feat).add_(self.preprocess_1d(target_feat).unsqueeze(0))
-        pair = self.left_single(target_feat)[:, None] + self.right_single(target_feat)[None]
+        left, right = self.left_single(target_feat), self.right_single(target_feat)
+        # Made in the dtype the trunk stores it in (bf16 where memory is short), row slice by row slice:
+        # no fp32 pair is ever made alongside the bf16 one.
+        pair = left.new_empty((left.shape[0], *right.shape), dtype=pair_dtype())
+        for start, rows in row_slices(pair):
+            torch.add(left[start:start + rows, None], right[None], out=pair.narrow(0, start, rows))
         return msa, pair
 
 

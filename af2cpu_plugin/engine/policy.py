@@ -52,6 +52,16 @@ class RuntimePolicy:
         (:mod:`af2cpu_plugin.capacity.cost_model`: 4 from 512 residues, where
         it measured as fast, more if ``memory_limit`` needs it); modules
         outside a runner read None as 1.
+      pair_storage: the dtype the trunk stores the pair representation in,
+        ``"fp32"`` or ``"bf16"`` (bf16 precision only). bf16 halves the
+        largest tensor of a pass, as ColabFold's bf16 trunk stores it, but
+        rounds every update added to it: measured against JAX fp32 that is
+        ColabFold's own bf16 error, while the fp32 pair keeps the engine's bf16
+        well inside it (README, bf16 parity), and it is no faster. So None
+        (the default) lets the runner store it in bf16 only where the fp32
+        pair would not fit ``memory_limit``
+        (:mod:`af2cpu_plugin.capacity.cost_model`); modules outside a runner
+        read None as fp32.
       memory_limit: bytes this process may use (cgroup limit, MemAvailable or
         ``--memory-limit``); None when unknown. The runner chooses
         ``channel_groups`` per input to fit it; the modules never read it.
@@ -69,6 +79,7 @@ class RuntimePolicy:
     threads: Optional[int] = None
     kernels: str = "native"
     channel_groups: Optional[int] = None
+    pair_storage: Optional[str] = None
     memory_limit: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -80,6 +91,10 @@ class RuntimePolicy:
             raise ValueError("subbatch_size must be a positive number of rows")
         if self.channel_groups is not None and self.channel_groups < 1:
             raise ValueError("channel_groups must be a positive number of groups")
+        if self.pair_storage not in (None, *PRECISIONS):
+            raise ValueError(f"unknown pair storage {self.pair_storage!r}; use one of {', '.join(PRECISIONS)}")
+        if self.pair_storage == "bf16" and self.precision != "bf16":
+            raise ValueError("the pair is stored in bf16 only under bf16 precision")
         if self.slice_bytes is not None and self.slice_bytes < 1:
             raise ValueError("slice_bytes must be a positive number of bytes")
 
@@ -131,3 +146,15 @@ def trunk_precision() -> Iterator[torch.dtype]:
         yield _COMPUTE.get()
     finally:
         _COMPUTE.reset(token)
+
+
+def pair_dtype() -> torch.dtype:
+    """The dtype the trunk stores the pair representation in: the policy's ``pair_storage`` (fp32 unless set).
+
+    The input embedder makes the pair in it; in bf16 the modules read it
+    through their LayerNorms and add their updates into it rounded once each,
+    and the structure module and heads, which compute in fp32 (ColabFold casts
+    the trunk's outputs to fp32), read it slice by slice
+    (:func:`.primitives.by_upcast_rows`), so no whole fp32 copy is made.
+    """
+    return torch.bfloat16 if current_policy().pair_storage == "bf16" else torch.float32

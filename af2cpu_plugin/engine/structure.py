@@ -12,7 +12,7 @@ torch sub-modules are registered under exactly those names.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from .all_atom import (
     make_atom14_masks,
     torsion_angles_to_frames,
 )
-from .chunking import subbatched
+from .chunking import RowMapped, subbatched
 from .geometry import QuatAffine, Rigids, rigids_from_quataffine
 from .primitives import LayerNorm, Linear, empty_param
 
@@ -70,9 +70,9 @@ class InvariantPointAttention(nn.Module):
         return affine.apply_to_point(local, extra_dims=1).reshape(n, self.num_head, num_points, 3)
 
     def forward(
-        self, inputs_1d: torch.Tensor, inputs_2d: torch.Tensor, mask: torch.Tensor, affine: QuatAffine
+        self, inputs_1d: torch.Tensor, inputs_2d: Union[torch.Tensor, RowMapped], mask: torch.Tensor, affine: QuatAffine
     ) -> torch.Tensor:
-        """inputs_1d [N, C], inputs_2d [N, N, C'], mask [N, 1], affine [N] -> [N, num_channel]."""
+        """inputs_1d [N, C], inputs_2d [N, N, C'] (a tensor or :class:`.chunking.RowMapped`), mask [N, 1], affine [N] -> [N, num_channel]."""
         n = inputs_1d.shape[0]
         h = self.num_head
         sqk, sv = self.num_scalar_qk, self.num_scalar_v
@@ -213,7 +213,7 @@ class FoldIteration(nn.Module):
         act: torch.Tensor,
         affine: QuatAffine,
         initial_act: torch.Tensor,
-        static_feat_2d: torch.Tensor,
+        static_feat_2d: Union[torch.Tensor, RowMapped],
         sequence_mask: torch.Tensor,
         aatype: torch.Tensor,
     ) -> Tuple[torch.Tensor, QuatAffine, Dict[str, object]]:
@@ -280,7 +280,8 @@ class StructureModule(nn.Module):
         initial_act = act
         act = self.initial_projection(act)
         affine = QuatAffine.identity(single.shape[0], dtype=single.dtype, device=single.device)
-        act_2d = self.pair_layer_norm(pair)
+        # LayerNorm(pair), normalised where the point attention reads it, slice by slice (same numbers).
+        act_2d = RowMapped(pair, self.pair_layer_norm)
 
         affines, sidechains = [], []
         for _ in range(self.num_layer):

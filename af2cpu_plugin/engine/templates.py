@@ -164,14 +164,18 @@ class TemplateEmbedding(nn.Module):
         present = [t for t in range(template_mask.shape[0]) if float(template_mask[t]) != 0.0]
         if not present:
             return torch.zeros_like(query_embedding)
-        embedded = []
-        for t in present:
-            embedded.append(self.single_template_embedding(
+        # [R*R, T', c_t]: each pair position attends over the templates. Each template's embedding is
+        # written into its slot as it is made (stacking a list would hold every template twice: at
+        # 3,000 residues and 4 templates, 8.6 GiB more in fp32).
+        templates = None
+        for i, t in enumerate(present):
+            one = self.single_template_embedding(
                 template_aatype[t], template_pseudo_beta[t], template_pseudo_beta_mask[t],
-                template_all_atom_positions[t], template_all_atom_masks[t], pair_mask))
-        # [R*R, T', c_t]: each pair position attends over the templates.
-        templates = torch.stack(embedded, dim=2).reshape(num_res * num_res, len(embedded), -1)
-        del embedded
+                template_all_atom_positions[t], template_all_atom_masks[t], pair_mask)
+            if templates is None:
+                templates = one.new_empty((num_res * num_res, len(present), one.shape[-1]))
+            templates[:, i] = one.reshape(num_res * num_res, -1)
+            del one
         query = query_embedding.reshape(num_res * num_res, 1, c_z)
         bias = mask_to_bias(template_mask[present])[None, None, None, :]
         out = subbatched(lambda q, m, b: self.attention(q, m, b), [query, templates], [bias])

@@ -10,7 +10,7 @@ from torch import nn
 from .embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder, RelativePositionEncoding, add_relpos_
 from .evoformer import EvoformerStack
 from .policy import trunk_precision
-from .primitives import Linear
+from .primitives import Linear, residual_add_
 from .templates import TemplateEmbedding, TemplateTorsionEmbedder
 
 # Feature widths fixed by AlphaFold's input pipeline.
@@ -76,14 +76,15 @@ class EmbeddingsAndEvoformer(nn.Module):
             msa_mask = torch.cat([msa_mask, template_row_mask.to(msa_mask.dtype)], dim=0)
 
         # ColabFold's bf16 region (utils.bfloat16_context): fp32 unless the policy says bf16.
-        # The residual streams (msa, extra, pair) stay fp32; the modules' updates are added into them.
+        # The residual streams (msa, extra, pair) stay fp32, the modules' updates added into them,
+        # except the pair where the policy stores it in bf16 to fit memory (policy.pair_dtype).
         # (The template pair stack's own stream starts from a bf16 embedding and stays bf16, as in ColabFold.)
         with trunk_precision():
             if c.template.enabled:
-                pair = pair + self.template_embedding(
+                residual_add_(pair, self.template_embedding(
                     pair, batch["template_aatype"], batch["template_pseudo_beta"], batch["template_pseudo_beta_mask"],
                     batch["template_all_atom_positions"], batch["template_all_atom_masks"], batch["template_mask"],
-                    pair_mask)
+                    pair_mask))
             _, pair = self.extra_msa_stack(extra, pair, batch["extra_msa_mask"], pair_mask)
             del extra
             msa, pair = self.evoformer_iteration(msa, pair, msa_mask, pair_mask)

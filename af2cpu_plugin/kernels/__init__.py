@@ -144,13 +144,13 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
 
 
 def can_layer_norm_to_bf16(x: torch.Tensor) -> bool:
-    """Whether :func:`layer_norm_to_bf16` takes ``x``: fp32, channels a multiple of 16, a bf16-capable CPU."""
-    return (x.dtype == torch.float32 and x.shape[-1] % 16 == 0 and cpu_supports(torch.bfloat16)
+    """Whether :func:`layer_norm_to_bf16` takes ``x``: fp32 or bf16, channels a multiple of 16, a bf16-capable CPU."""
+    return (x.dtype in (torch.float32, torch.bfloat16) and x.shape[-1] % 16 == 0 and cpu_supports(torch.bfloat16)
             and status()[0])
 
 
 def layer_norm_to_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm over the last axis of fp32 ``x`` (fp32 statistics), returned in bf16 (contiguous), in one pass.
+    """LayerNorm over the last axis of fp32 or bf16 ``x`` (fp32 statistics), returned in bf16 (contiguous), in one pass.
 
     A 3-D ``x`` with unit stride along the channels (a transposed pair) is
     read where it lies; anything else is made contiguous first.
@@ -192,14 +192,18 @@ def gated_rows_(x: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor
 
 
 def can_add_into(acc: torch.Tensor, update: torch.Tensor) -> bool:
-    """Whether :func:`add_into_` takes these: fp32 ``acc`` and a bf16 ``update`` of its shape, 3-D, unit stride last."""
-    return (acc.dtype == torch.float32 and update.dtype == torch.bfloat16 and acc.dim() == 3
+    """Whether :func:`add_into_` takes these: an fp32 ``acc`` and a bf16 ``update``, or a bf16 ``acc`` and a bf16
+    or fp32 ``update``; of one shape, 3-D, unit stride last."""
+    dtypes = (acc.dtype, update.dtype)
+    return (dtypes in ((torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16),
+                       (torch.bfloat16, torch.float32)) and acc.dim() == 3
             and acc.shape == update.shape and acc.stride(-1) == 1 and update.stride(-1) == 1
             and acc.shape[-1] % 16 == 0 and cpu_supports(torch.bfloat16) and status()[0])
 
 
 def add_into_(acc: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-    """``acc += update`` for an fp32 stream and a bf16 update, without an fp32 copy of the update."""
+    """``acc += update``: an fp32 stream and a bf16 update without an fp32 copy of the update, or a bf16 stream
+    (the bf16 trunk's pair), summed in fp32 and rounded once."""
     return _ops().add_into_(acc, update)
 
 

@@ -1,13 +1,13 @@
-// LayerNorm of fp32 rows written straight to bf16, for the bf16 trunk.
+// LayerNorm of fp32 or bf16 rows written straight to bf16, for the bf16 trunk.
 //
-// In bf16 the engine keeps its residual streams (pair, MSA) in fp32 and hands
-// the GEMMs bf16: every LayerNorm there reads fp32 and must write bf16.
-// PyTorch does that as two passes over a pair-sized tensor (layer_norm in
-// fp32, then a cast), with an fp32 temporary in between; at 400 residues the
-// pair is 82 MB, and the pair stack runs seven of these per block. Here one
-// pass reads each row once, keeps fp32 statistics (mean, then the centred
-// variance, as haiku computes them) and rounds the scaled result to bf16
-// (round to nearest even, as the cast does).
+// In bf16 the engine keeps its MSA streams in fp32 and its pair in bf16, and
+// hands the GEMMs bf16: every LayerNorm there reads one of the two and must
+// write bf16. PyTorch does the fp32 case as two passes over a pair-sized
+// tensor (layer_norm in fp32, then a cast), with an fp32 temporary in between;
+// at 400 residues the pair is 82 MB in fp32, and the pair stack runs seven of
+// these per block. Here one pass reads each row once, keeps fp32 statistics
+// (mean, then the centred variance, as haiku computes them) and rounds the
+// scaled result to bf16 (round to nearest even, as the cast does).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -29,36 +29,39 @@ namespace {
 // to a contiguous [n0 * n1, C] y: a transposed view (the triangle attention
 // around the ending node works on pair.transpose(0, 1)) is normalised without
 // first making it contiguous, an fp32 copy of the whole pair.
-AF2CPU_AVX512_BF16 void normalize_rows(const float* x, int64_t s0, int64_t s1, int64_t n1, const float* w,
+template <typename T>
+AF2CPU_AVX512_BF16 void normalize_rows(const T* x, int64_t s0, int64_t s1, int64_t n1, const float* w,
                                        const float* b, at::BFloat16* y, int64_t begin, int64_t end, int64_t c,
                                        float eps) {
   const float inv_c = 1.0f / float(c);
   for (int64_t r = begin; r < end; ++r) {
-    const float* xr = x + (r / n1) * s0 + (r % n1) * s1;
+    const T* xr = x + (r / n1) * s0 + (r % n1) * s1;
     __m512 sum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < c; j += 16) sum = _mm512_add_ps(sum, _mm512_loadu_ps(xr + j));
+    for (int64_t j = 0; j < c; j += 16) sum = _mm512_add_ps(sum, load16(xr + j));
     const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) * inv_c);
     __m512 sq = _mm512_setzero_ps();
     for (int64_t j = 0; j < c; j += 16) {
-      const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xr + j), mean);
+      const __m512 d = _mm512_sub_ps(load16(xr + j), mean);
       sq = _mm512_fmadd_ps(d, d, sq);
     }
     const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(sq) * inv_c + eps));
     for (int64_t j = 0; j < c; j += 16) {
-      const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xr + j), mean), rstd);
+      const __m512 d = _mm512_mul_ps(_mm512_sub_ps(load16(xr + j), mean), rstd);
       const __m512 out = _mm512_fmadd_ps(d, _mm512_loadu_ps(w + j), _mm512_loadu_ps(b + j));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + r * c + j), (__m256i)_mm512_cvtneps_pbh(out));
     }
   }
 }
 
-// x [..., C] fp32: contiguous, or 3-D with unit stride along C (any strides
-// before it); weight, bias [C] fp32; C a multiple of 16. Returns LayerNorm(x)
-// in bf16, same shape, contiguous.
+// x [..., C] fp32 or bf16: contiguous, or 3-D with unit stride along C (any
+// strides before it); weight, bias [C] fp32; C a multiple of 16. Returns
+// LayerNorm(x) in bf16, same shape, contiguous.
 at::Tensor layer_norm_to_bf16(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, double eps) {
   TORCH_CHECK(has_avx512_bf16(), "layer_norm_to_bf16 needs AVX-512 with avx512_bf16");
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
-                  bias.scalar_type() == at::kFloat, "x, weight and bias must be float32");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16,
+              "x must be float32 or bfloat16");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat,
+              "weight and bias must be float32");
   TORCH_CHECK(weight.is_contiguous() && bias.is_contiguous(), "weight and bias must be contiguous");
   const bool strided = x_in.dim() == 3 && x_in.stride(2) == 1;
   const at::Tensor x = strided ? x_in : x_in.contiguous();
@@ -71,12 +74,15 @@ at::Tensor layer_norm_to_bf16(const at::Tensor& x_in, const at::Tensor& weight, 
   const int64_t n1 = strided ? x.size(1) : rows;
   const int64_t s0 = strided ? x.stride(0) : 0;
   const int64_t s1 = strided ? x.stride(1) : c;
-  const float* xp = x.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
   at::BFloat16* yp = y.data_ptr<at::BFloat16>();
   at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
-    normalize_rows(xp, s0, s1, n1, wp, bp, yp, begin, end, c, float(eps));
+    if (x.scalar_type() == at::kFloat) {
+      normalize_rows(x.data_ptr<float>(), s0, s1, n1, wp, bp, yp, begin, end, c, float(eps));
+    } else {
+      normalize_rows(x.data_ptr<at::BFloat16>(), s0, s1, n1, wp, bp, yp, begin, end, c, float(eps));
+    }
   });
   return y;
 }

@@ -8,8 +8,11 @@
 //   (x[r] + bias[r]) * mask * sigmoid(x[n + r] + bias[n + r])
 // in one pass, in fp32, rounded once.
 //
-// add_into_: the bf16 trunk's residual update, fp32 stream += bf16 update.
-// PyTorch first copies the update to fp32 (a full temporary), then adds.
+// add_into_: the bf16 trunk's residual updates, fp32 MSA stream += bf16
+// update (PyTorch first copies the update to fp32, a full temporary, then
+// adds) and bf16 pair stream += bf16 or fp32 update (PyTorch's bf16 add
+// converts both to fp32 and back in separate loops; here one pass, summed in
+// fp32 and rounded once, as PyTorch rounds).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -118,22 +121,44 @@ AF2CPU_AVX512 void add_row(float* acc, const at::BFloat16* update, int64_t C) {
     _mm512_storeu_ps(acc + c, _mm512_add_ps(_mm512_loadu_ps(acc + c), load_bf16(update + c)));
 }
 
-// acc [A, B, C] fp32 += update [A, B, C] bf16, both with unit stride along C
-// (any strides along A and B: transposed views are added without a copy).
-at::Tensor add_into_(at::Tensor acc, const at::Tensor& update) {
-  TORCH_CHECK(acc.dim() == 3 && acc.sizes() == update.sizes(), "acc and update must be 3-D and the same shape");
-  TORCH_CHECK(acc.scalar_type() == at::kFloat && update.scalar_type() == at::kBFloat16,
-              "acc must be float32 and update bfloat16");
-  TORCH_CHECK(acc.stride(2) == 1 && update.stride(2) == 1 && acc.size(2) % 16 == 0,
-              "acc and update need unit stride along a last dimension that is a multiple of 16");
-  TORCH_CHECK(has_avx512(), "add_into_ needs AVX-512");
+// bf16 acc row += bf16 or fp32 update row: fp32 sum, rounded once.
+template <typename U>
+AF2CPU_AVX512_BF16 void add_row(at::BFloat16* acc, const U* update, int64_t C) {
+  for (int64_t c = 0; c < C; c += 16) {
+    const __m512 y = _mm512_add_ps(load_bf16(acc + c), load16(update + c));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + c), (__m256i)_mm512_cvtneps_pbh(y));
+  }
+}
+
+template <typename A_, typename U>
+void add_rows(at::Tensor& acc, const at::Tensor& update) {
   const int64_t A = acc.size(0), B = acc.size(1), C = acc.size(2);
   const int64_t s0 = update.stride(0), s1 = update.stride(1), a0 = acc.stride(0), a1 = acc.stride(1);
-  float* ap = acc.data_ptr<float>();
-  const at::BFloat16* up = update.data_ptr<at::BFloat16>();
+  A_* ap = acc.data_ptr<A_>();
+  const U* up = update.data_ptr<U>();
   at::parallel_for(0, A * B, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) add_row(ap + (t / B) * a0 + (t % B) * a1, up + (t / B) * s0 + (t % B) * s1, C);
   });
+}
+
+// acc [A, B, C] += update [A, B, C], both with unit stride along C (any
+// strides along A and B: transposed views are added without a copy): fp32
+// acc with a bf16 update, or bf16 acc with a bf16 or fp32 update.
+at::Tensor add_into_(at::Tensor acc, const at::Tensor& update) {
+  TORCH_CHECK(acc.dim() == 3 && acc.sizes() == update.sizes(), "acc and update must be 3-D and the same shape");
+  TORCH_CHECK(acc.stride(2) == 1 && update.stride(2) == 1 && acc.size(2) % 16 == 0,
+              "acc and update need unit stride along a last dimension that is a multiple of 16");
+  const auto a = acc.scalar_type(), u = update.scalar_type();
+  if (a == at::kFloat && u == at::kBFloat16) {
+    TORCH_CHECK(has_avx512(), "add_into_ needs AVX-512");
+    add_rows<float, at::BFloat16>(acc, update);
+  } else if (a == at::kBFloat16 && (u == at::kBFloat16 || u == at::kFloat)) {
+    TORCH_CHECK(has_avx512_bf16(), "add_into_ into bf16 needs AVX-512 with avx512_bf16");
+    if (u == at::kFloat) add_rows<at::BFloat16, float>(acc, update);
+    else add_rows<at::BFloat16, at::BFloat16>(acc, update);
+  } else {
+    TORCH_CHECK(false, "add_into_ takes float32 += bfloat16 or bfloat16 += bfloat16/float32");
+  }
   return acc;
 }
 

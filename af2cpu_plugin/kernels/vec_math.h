@@ -61,6 +61,10 @@ AF2CPU_AVX512 inline __m512 load_bf16(const at::BFloat16* p, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
+// 16 floats from fp32 or bf16 memory: kernels templated on their input dtype.
+AF2CPU_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+AF2CPU_AVX512 inline __m512 load16(const at::BFloat16* p) { return load_bf16(p); }
+
 // ---------------------------------------------------------------- AVX2 ----
 
 AF2CPU_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {

@@ -40,14 +40,14 @@ torch sub-modules are registered under exactly those names. One
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .. import structure as monomer
 from ..all_atom import atom14_to_atom37, make_atom14_masks
-from ..chunking import subbatched
+from ..chunking import RowMapped, subbatched
 from ..geometry import Rigids, rigids_mul_rigids, rot_mul_vec, rot_transpose_mul_vec
 from ..primitives import LayerNorm, Linear, empty_param
 
@@ -175,9 +175,9 @@ class InvariantPointAttention(nn.Module):
         self.output_projection = Linear(num_final, c.num_channel)
 
     def forward(
-        self, inputs_1d: torch.Tensor, inputs_2d: torch.Tensor, mask: torch.Tensor, rigids: Rigids
+        self, inputs_1d: torch.Tensor, inputs_2d: Union[torch.Tensor, RowMapped], mask: torch.Tensor, rigids: Rigids
     ) -> torch.Tensor:
-        """inputs_1d [N, C], inputs_2d [N, N, C'], mask [N, 1], rigids [N] -> [N, num_channel]."""
+        """inputs_1d [N, C], inputs_2d [N, N, C'] (a tensor or :class:`.chunking.RowMapped`), mask [N, 1], rigids [N] -> [N, num_channel]."""
         h, sv, pv = self.num_head, self.num_scalar_v, self.num_point_v
 
         # Each (q, k) point pair contributes Var[0.5 |q|^2 - <q, k>] = 9/2 (haiku's comment).
@@ -270,7 +270,7 @@ class FoldIteration(nn.Module):
         act: torch.Tensor,
         rigids: Rigids,
         initial_act: torch.Tensor,
-        static_feat_2d: torch.Tensor,
+        static_feat_2d: Union[torch.Tensor, RowMapped],
         sequence_mask: torch.Tensor,
         aatype: torch.Tensor,
     ) -> Tuple[torch.Tensor, Rigids, Dict[str, object]]:
@@ -326,7 +326,8 @@ class StructureModule(nn.Module):
         initial_act = act
         act = self.initial_projection(act)
         rigids = identity_rigids(single.shape[0], dtype=single.dtype, device=single.device)
-        act_2d = self.pair_layer_norm(pair)
+        # LayerNorm(pair), normalised where the point attention reads it, slice by slice (same numbers).
+        act_2d = RowMapped(pair, self.pair_layer_norm)
 
         sc = None
         for _ in range(self.num_layer):

@@ -19,7 +19,7 @@ from torch import nn
 from ..embeddings import ExtraMsaEmbedder, InputEmbedder, RecyclingEmbedder, add_relpos_
 from ..evoformer import EvoformerStack
 from ..policy import trunk_precision
-from ..primitives import Linear
+from ..primitives import Linear, residual_add_
 from . import rng
 from .embeddings import RelativeChainEncoding
 from .msa_sampling import sample_msa_features
@@ -86,9 +86,9 @@ class EmbeddingsAndEvoformer(nn.Module):
         # ColabFold's bf16 region, as in the monomer trunk (fp32 unless the policy says bf16).
         with trunk_precision():
             if c.template.enabled:
-                pair = pair + self.template_embedding(
+                residual_add_(pair, self.template_embedding(
                     pair, batch["template_aatype"], batch["template_all_atom_positions"],
-                    batch["template_all_atom_mask"], pair_mask, multichain_mask)
+                    batch["template_all_atom_mask"], pair_mask, multichain_mask))
             _, pair = self.extra_msa_stack(extra, pair, sampled["extra_msa_mask"], pair_mask)
             del extra
             if c.template.enabled:
