@@ -466,13 +466,17 @@ def random_params(argv: Sequence[str], extra_plugins: Iterable[object] = ()) -> 
                         help="alphafold2_multimer_v3 is what --model-type auto picks for a complex (A:B)")
     parser.add_argument("--models", type=_model_numbers, default=[1, 2, 3, 4, 5], metavar="1,2,3,4,5")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--haiku-init", action="store_true",
+                        help="run haiku's own init of each model (about 90 s a file on 2 cores; what the "
+                             "benchmarks use) instead of drawing each array from its recorded init (seconds)")
     args = parser.parse_args(list(argv))
     _setup_environment()
 
     print(RANDOM_WEIGHTS_BANNER, file=sys.stderr, flush=True)
     from af2cpu_plugin.random_params import write_random_params
 
-    paths = write_random_params(args.data, args.model_type, tuple(args.models), args.seed)
+    paths = write_random_params(args.data, args.model_type, tuple(args.models), args.seed,
+                                method="haiku" if args.haiku_init else "draw")
     for path in paths:
         print(f"  {path}")
     print(f"af2cpu: wrote RANDOM weights to {Path(args.data) / 'params'} — demo/test only", file=sys.stderr)

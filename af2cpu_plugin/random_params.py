@@ -1,17 +1,29 @@
 """Random AlphaFold2 weights in the exact format of the real ones.
 
 Real weights cannot be downloaded everywhere (CI, air-gapped clusters), so the
-demo and the tests make random ones: haiku's own initialisers on ColabFold's
-real config with ``zero_init=False`` (with AF2's zero init the trunk is the
-identity and every atom sits at the origin), then small noise on the arrays
-that init leaves constant. The noise on biases and offsets stays tiny: larger
-position-shared terms swamp the pair track and PAE/pLDDT collapse to one value.
+demo and the tests make random ones, in one of two ways:
+
+* ``"haiku"``: haiku's own initialisers on ColabFold's real config with
+  ``zero_init=False`` (with AF2's zero init the trunk is the identity and
+  every atom sits at the origin). Tracing and compiling the model's init takes
+  about 90 s a file on 2 cores. The benchmarks use these (``bench/parity.py``'s
+  numbers in the README reproduce from them).
+* ``"draw"`` (the default): each array drawn with numpy from the shape,
+  distribution and scale that haiku's init gives it, read from a small table
+  per architecture (``random_init/*.json``, made once from a haiku init by
+  ``scripts/make_init_tables.py``). Seconds for five files. The demo and the
+  test suite use these.
+
+Either way, small noise then goes on the arrays that init leaves constant.
+The noise on biases and offsets stays tiny: larger position-shared terms swamp
+the pair track and PAE/pLDDT collapse to one value.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from typing import Dict, Mapping
 
 import numpy as np
@@ -56,7 +68,8 @@ def perturb_constant_arrays(flat: Mapping[str, np.ndarray], seed: int = 0) -> Di
 
 #: Bumped whenever the arrays that make_random_params produces change, so the
 #: test cache (af2cpu_plugin.testing.params_cache) regenerates its files.
-RANDOM_PARAMS_FORMAT_VERSION = 1
+RANDOM_PARAMS_FORMAT_VERSION = 2
+METHODS = ("draw", "haiku")
 
 MONOMER_MODEL_TYPES = ("alphafold2_ptm", "alphafold2")
 MULTIMER_MODEL_TYPES = ("alphafold2_multimer_v1", "alphafold2_multimer_v2", "alphafold2_multimer_v3")
@@ -202,8 +215,99 @@ def model_seed(model_type: str, model_number: int, seed: int) -> int:
     return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def make_random_params(model_type: str, model_number: int, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Random weights for ``params_model_N*.npz``: flat ``scope//name`` -> float32 array.
+def make_random_params(model_type: str, model_number: int, seed: int = 0, method: str = "draw") -> Dict[str, np.ndarray]:
+    """Random weights for ``params_model_N*.npz``: flat ``scope//name`` -> float32 array, by ``method``
+    (``"draw"``: :func:`draw_random_params`; ``"haiku"``: :func:`haiku_random_params`)."""
+    if method == "draw":
+        return draw_random_params(model_type, model_number, seed)
+    if method == "haiku":
+        return haiku_random_params(model_type, model_number, seed)
+    raise ValueError(f"unknown random params method {method!r}; use one of {', '.join(METHODS)}")
+
+
+# ---------------------------------------------------------------------------
+# "draw": numpy, from a table of haiku's init per architecture
+# ---------------------------------------------------------------------------
+
+INIT_TABLES = Path(__file__).with_name("random_init")
+#: haiku's TruncatedNormal cuts at 2 standard deviations of the untruncated normal, whose std is then
+#: this factor of it (haiku divides the stddev by it so the truncated one has the wanted std).
+_TRUNCATED_STD = 0.87962566103423978
+
+
+def architecture(model_type: str, model_number: int) -> str:
+    """Which table a model draws from: its parameter shapes and init depend on the model type and on
+    whether the model embeds templates (monomer models 1-2 do, 3-5 do not; every multimer model does)."""
+    cfg = random_init_config(model_type, model_number)
+    templates = model_type in MULTIMER_MODEL_TYPES or bool(cfg.model.embeddings_and_evoformer.template.enabled)
+    return model_type + ("-templates" if templates and model_type in MONOMER_MODEL_TYPES else "")
+
+
+def init_table(flat: Mapping[str, np.ndarray]) -> Dict[str, list]:
+    """What haiku's init gave each array (before the noise on constant ones): ``[shape, "const", value]``,
+    or ``[shape, kind, mean, std]`` with kind ``"uniform"`` (glorot's) or ``"normal"`` (a truncated normal)."""
+    table: Dict[str, list] = {}
+    for key in sorted(flat):
+        a = np.asarray(flat[key], np.float64)
+        shape = list(a.shape)
+        if a.size == 0 or np.all(a == a.flat[0]):
+            table[key] = [shape, "const", float(a.flat[0]) if a.size else 0.0]
+            continue
+        mean, std = float(a.mean()), float(a.std())
+        # A uniform's extremes sit at sqrt(3) = 1.73 std; a normal truncated at 2 sigma's at 2.27 std.
+        kind = "uniform" if np.abs(a - mean).max() < 2.0 * std else "normal"
+        table[key] = [shape, kind, float(f"{mean:.6g}"), float(f"{std:.6g}")]
+    return table
+
+
+def _read_table(name: str) -> Dict[str, list]:
+    path = INIT_TABLES / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"no init table for {name} in {INIT_TABLES}: use method 'haiku'") from None
+
+
+def draw_random_params(model_type: str, model_number: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Random weights drawn with numpy from haiku's init of the model's architecture (its shapes,
+    distributions and scales: :func:`init_table`), then :func:`perturb_constant_arrays`. The same
+    properties the tests rely on (pLDDT and PAE vary across residues), in a fraction of a second per
+    array instead of a traced init."""
+    table = _read_table(architecture(model_type, model_number))
+    s = model_seed(model_type, model_number, seed)
+    rng = np.random.default_rng(s)
+    flat: Dict[str, np.ndarray] = {}
+    for key in sorted(table):
+        shape, kind, *stats = table[key]
+        if kind == "const":
+            flat[key] = np.full(shape, stats[0], np.float32)
+        elif kind == "uniform":
+            mean, std = stats
+            half = std * np.sqrt(3.0)
+            flat[key] = rng.uniform(mean - half, mean + half, shape).astype(np.float32)
+        else:
+            mean, std = stats
+            flat[key] = (_truncated_normal(rng, shape) * (std / _TRUNCATED_STD) + mean).astype(np.float32)
+    return perturb_constant_arrays(flat, seed=s)
+
+
+def _truncated_normal(rng: np.random.Generator, shape) -> np.ndarray:
+    """Standard normals cut at ±2 (redrawn outside), as haiku's TruncatedNormal."""
+    x = rng.standard_normal(shape, dtype=np.float32)
+    out = np.abs(x) > 2.0
+    while out.any():
+        x[out] = rng.standard_normal(int(out.sum()), dtype=np.float32)
+        out = np.abs(x) > 2.0
+    return x
+
+
+# ---------------------------------------------------------------------------
+# "haiku": the model's own init, traced and compiled
+# ---------------------------------------------------------------------------
+
+
+def haiku_random_params(model_type: str, model_number: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Random weights for ``params_model_N*.npz`` from haiku's init: flat ``scope//name`` -> float32 array.
 
     haiku init of ColabFold's model (``modules.AlphaFold_noE``, what RunModel
     builds for ``num_ensemble=1``, or ``modules_multimer.AlphaFold``) with the
@@ -213,14 +317,18 @@ def make_random_params(model_type: str, model_number: int, seed: int = 0) -> Dic
     embedding arrays, all multimer models do; the non-pTM ``alphafold2``
     models lack the predicted_aligned_error head.
     """
+    s = model_seed(model_type, model_number, seed)
+    return perturb_constant_arrays(haiku_init(model_type, model_number, s), seed=s)
+
+
+def haiku_init(model_type: str, model_number: int, key_seed: int) -> Dict[str, np.ndarray]:
+    """haiku's init of the model (:func:`random_init_config`) with PRNG key ``key_seed``, as it comes."""
     import jax
 
     cfg = random_init_config(model_type, model_number)
     init, batch = _jitted_init(model_type, cfg.model.to_json_best_effort(sort_keys=True))
-    s = model_seed(model_type, model_number, seed)
-    params = init(jax.random.PRNGKey(s), batch)
-    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
-    return perturb_constant_arrays(flat, seed=s)
+    params = init(jax.random.PRNGKey(key_seed), batch)
+    return {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
 
 
 @functools.lru_cache(maxsize=4)
@@ -260,15 +368,16 @@ def save_npz_atomically(path, arrays: Mapping[str, np.ndarray]) -> None:
     atomic_write(path, write)
 
 
-def write_random_params(data_dir, model_type: str = "alphafold2_ptm", models=(1, 2, 3, 4, 5), seed: int = 0):
-    """Write ColabFold's ``<data_dir>/params/params_model_N*.npz`` for ``models`` plus its marker.
+def write_random_params(data_dir, model_type: str = "alphafold2_ptm", models=(1, 2, 3, 4, 5), seed: int = 0,
+                        method: str = "draw"):
+    """Write ColabFold's ``<data_dir>/params/params_model_N*.npz`` for ``models`` plus its marker,
+    made by ``method`` (:func:`make_random_params`).
 
     Files that already exist are kept. The marker (``download_finished.txt``
     or ``download_complexes_multimer_vN_finished.txt``, as in
     ``colabfold.download.download_alphafold_params``) makes ColabFold skip the
     download. Returns the list of npz paths.
     """
-    from pathlib import Path
 
     params_dir = Path(data_dir) / "params"
     params_dir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +385,7 @@ def write_random_params(data_dir, model_type: str = "alphafold2_ptm", models=(1,
     for n in models:
         path = params_dir / params_file_name(model_type, int(n))
         if not path.exists():
-            save_npz_atomically(str(path), make_random_params(model_type, int(n), seed))
+            save_npz_atomically(str(path), make_random_params(model_type, int(n), seed, method))
         paths.append(path)
     marker = params_dir / download_marker(model_type)
     if not marker.exists():

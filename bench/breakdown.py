@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     precision = resolve_precision(args.precision)
     print(f"CPU: {cpu_info().describe()}; threads {args.threads}; precision {precision}")
     data = args.data or test_cache_root() / "bench-data"
-    write_random_params(data, "alphafold2_ptm", models=(3,), seed=0)
+    write_random_params(data, "alphafold2_ptm", models=(3,), seed=0, method="haiku")
     cfg, feat = case_features(args.case, passes=1)
     policy = RuntimePolicy(precision=precision, threads=args.threads, kernels=args.kernels)
     if args.slice_mib is not None:

@@ -14,10 +14,9 @@ same, so ``--blocks N`` runs only the first N of the 48 Evoformer blocks
 (all weights loaded, the 4 extra-MSA blocks, structure module and heads
 whole): the activations at the peak are the full pass's, the time is not
 (the table says which). It is one pass: a run of several passes peaks a
-little higher (the recycled outputs, and the heap the first pass's numpy work
-leaves: 2.15 against 1.87 GiB at 768 residues in bf16), and the cost model is
-fitted to two passes (``af2cpu calibrate``), so it over-predicts these rows
-somewhat. JAX then runs an N-block model, whose weights are smaller than the
+little higher (the recycled pair, float16, is held through every later pass),
+so the prediction printed beside each row is the cost model's for one pass
+(``passes=1``: without the recycled pair). JAX then runs an N-block model, whose weights are smaller than the
 full model's by (48 - N) blocks (about 7 MiB each): its peak is, if anything,
 understated. JAX is run up to ``--jax-max`` residues (its peak grows as
 about 5.9e-6 GiB·L²: 24 GB is reached near 1,900).
@@ -152,7 +151,7 @@ def main(argv=None) -> int:
     cpus = sorted(os.sched_getaffinity(0))
     threads = len(cpus)
     data = args.data or str(test_cache_root() / "bench-data")
-    write_random_params(data, "alphafold2_ptm", models=(3,), seed=0)
+    write_random_params(data, "alphafold2_ptm", models=(3,), seed=0, method="haiku")
     info = cpu_info()
     limit = memory_limit(args.memory_limit)
     coefficients = cost_model.load(info.model, threads)
@@ -170,12 +169,12 @@ def main(argv=None) -> int:
             if engine != "jax":
                 work = cost_model.Workload(L)
                 precision = engine.split("_")[1]
-                est = cost_model.estimate(work, precision, threads, limit.bytes, coefficients)
+                est = cost_model.estimate(work, precision, threads, limit.bytes, coefficients, passes=1)
                 groups, storage = est.channel_groups, est.pair_storage
                 if engine == "cpu_bf16_pair":  # the bf16 pair whether or not memory needs it
                     storage = "bf16"
                     est = dataclasses.replace(est, pair_storage=storage, peak_rss_bytes=cost_model.peak_rss(
-                        work, groups, coefficients, precision, storage))
+                        work, groups, coefficients, precision, storage, passes=1))
             row = {"engine": engine, "length": L, "blocks": args.blocks, "cpu": info.describe(),
                    **_run(engine, L, args.blocks, groups, threads, data, storage)}
             if est is not None and "peak_rss_bytes" in row:

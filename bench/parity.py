@@ -154,7 +154,7 @@ def main(argv=None) -> int:
         # Multimer: model 1 of v3 (every multimer model embeds templates; ColabFold's are mock ones here).
         model_type = "alphafold2_multimer_v3" if multimer else "alphafold2_ptm"
         model_number = 1 if name == "templates130" or multimer else 3
-        write_random_params(data, model_type, models=(model_number,), seed=0)
+        write_random_params(data, model_type, models=(model_number,), seed=0, method="haiku")
         npz = data / "params" / colabfold_seam.params_file_name(model_type, model_number)
         jax_params = get_model_haiku_params(str(data), model_type, str(model_number), use_fuse=True,
                                             to_jnp=False)

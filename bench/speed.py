@@ -151,7 +151,7 @@ def end_to_end(cpus: list, data: Path, case: str, out_root: Path) -> list:
     from bench.cases import case_text
     from af2cpu_plugin.random_params import write_random_params
 
-    write_random_params(data, "alphafold2_ptm", models=(1, 2, 3, 4, 5), seed=0)
+    write_random_params(data, "alphafold2_ptm", models=(1, 2, 3, 4, 5), seed=0, method="haiku")
     from af2cpu_plugin import converters
 
     converters.convert_data_dir(data, lambda msg: None)  # once, as `af2cpu convert` would: not part of the timing
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     from bench.cases import case_model
 
     for model_type, model_number in sorted({case_model(c) for c in a.cases.split(",") if c}):
-        write_random_params(data, model_type, models=(model_number,), seed=0)
+        write_random_params(data, model_type, models=(model_number,), seed=0, method="haiku")
     cpus = sorted(os.sched_getaffinity(0))[: a.threads]
     peak = _run_child(Path(sys.executable), {"peak": True, "cpus": cpus})
     print(f"CPU: {peak['cpu']}\ntorch {peak['torch']}; {len(cpus)} threads on CPUs {cpus}; oneDNN GEMM peak: "

@@ -315,6 +315,53 @@ def test_random_params_fit_colabfold_fused_model():
     assert got == want
 
 
+def test_drawn_params_follow_haikus_init_table():
+    """The fast "draw" method (what the demo and this test cache use): every array has the shape of haiku's
+    init of that architecture, its scale (std within 3%), the right distribution, and no constant array."""
+    from af2cpu_plugin import random_params as rp
+
+    _, flat = _cached_npz("alphafold2_ptm", 3)
+    table = rp._read_table(rp.architecture("alphafold2_ptm", 3))
+    assert sorted(flat) == sorted(table)
+    for key, (shape, kind, *stats) in table.items():
+        a = flat[key]
+        assert list(a.shape) == shape, key
+        if kind != "const" and a.size > 1000:
+            mean, std = stats
+            assert abs(a.std() / std - 1) < 0.03, (key, a.std(), std)
+            edge = np.abs(a - mean).max() / std
+            assert edge <= (1.75 if kind == "uniform" else 2.3), (key, kind, edge)
+
+
+def test_every_model_has_an_init_table():
+    from af2cpu_plugin import random_params as rp
+
+    names = {rp.architecture(t, n) for t in rp.MODEL_TYPES for n in (1, 2, 3, 4, 5)}
+    assert names == {p.stem for p in rp.INIT_TABLES.glob("*.json")}
+    assert {"alphafold2_ptm", "alphafold2_ptm-templates", "alphafold2_multimer_v3"} <= names
+    with pytest.raises(ValueError, match="method"):
+        rp.make_random_params("alphafold2_ptm", 3, method="guess")
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("model_type", ["alphafold2_ptm", "alphafold2", "alphafold2_multimer_v1",
+                                        "alphafold2_multimer_v2", "alphafold2_multimer_v3"])
+def test_init_tables_match_haikus_shapes(model_type):
+    """Each table holds exactly the arrays, with their shapes, that haiku's init of the model makes
+    (traced, not run: jax.eval_shape)."""
+    import jax
+
+    from af2cpu_plugin import random_params as rp
+    from af2cpu_plugin.engine.params import flatten
+
+    for n in (1, 3):
+        cfg = rp.random_init_config(model_type, n)
+        init, batch = rp._jitted_init(model_type, cfg.model.to_json_best_effort(sort_keys=True))
+        shapes = {k: list(v.shape) for k, v in flatten(jax.eval_shape(init, jax.random.PRNGKey(0), batch)).items()}
+        table = rp._read_table(rp.architecture(model_type, n))
+        assert {k: v[0] for k, v in table.items()} == shapes
+
+
 def test_non_ptm_files_lack_the_pae_head():
     _, flat = _cached_npz("alphafold2", 1)
     assert len(flat) == 336 and 93.1e6 < sum(a.size for a in flat.values()) < 93.3e6

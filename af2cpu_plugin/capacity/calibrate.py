@@ -94,7 +94,7 @@ def measure(num_res: int, precision: str, groups: int, threads: int, data_dir: s
     # whatever the pass did before it).
     block = stamps[-1] - stamps[-2] if len(stamps) > 1 else None
     return {"num_res": num_res, "precision": precision, "groups": groups, "pair_storage": pair_storage,
-            "main_blocks": main_blocks,
+            "passes": passes, "main_blocks": main_blocks,
             "base_bytes": base, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "pass_live_bytes": (cache["window_peak_bytes"] - live_before) if cache else None,
             "seconds": times[-1], "block_seconds": block}
@@ -116,11 +116,13 @@ def run_child(num_res: int, precision: str, groups: int, threads: int, data_dir:
 
 def _activation_bytes(row: dict) -> float:
     """The pair-proportional part of a measured peak: the rise of the block cache's live bytes during the
-    pass (exact) when it ran, else the RSS rise; the MSA terms (counted, not fitted) taken off."""
+    pass (exact) when it ran, else the RSS rise; the MSA terms and, after the first pass, the recycled pair
+    (counted, not fitted) taken off."""
     _, msa, extra = cost_model.tensor_bytes(cost_model.Workload(row["num_res"]))
     live = row.get("pass_live_bytes")
     above = live if live is not None else row["peak_rss_bytes"] - row["base_bytes"]
-    return above - cost_model.K_MSA * msa - cost_model.K_EXTRA * extra
+    prev = cost_model.K_PREV * _pair_bytes(row) if row.get("passes", 2) > 1 else 0.0
+    return above - cost_model.K_MSA * msa - cost_model.K_EXTRA * extra - prev
 
 
 def _pair_bytes(row: dict) -> int:
@@ -200,7 +202,7 @@ def fit(rows: List[dict], cpu: str, threads: int) -> cost_model.Coefficients:
     for key in keys:
         mine = [r for r in rows if _key(r) == key]
         rest = [r["peak_rss_bytes"] - cost_model.peak_rss(cost_model.Workload(r["num_res"]), r["groups"], fitted,
-                                                          r["precision"], _storage(r))
+                                                          r["precision"], _storage(r), r.get("passes", 2))
                 for r in mine]
         k_outside[key] = max(0.0, _through_origin([_pair_bytes(r) for r in mine], rest))
     return dataclasses.replace(fitted, k_outside=k_outside)

@@ -5,7 +5,7 @@ activations live at the worst moment, and at every length those are a few
 whole tensors of three kinds: the pair representation [L, L, 128] in fp32
 (``pair_bytes``), the MSA [S, L, 256] and the extra MSA [E, L, 64]. So
 
-    live = k_pair[precision][groups] · pair_bytes + k_msa · msa_bytes + k_extra · extra_bytes
+    live = (k_pair[precision][groups] + k_prev) · pair_bytes + k_msa · msa_bytes + k_extra · extra_bytes
     peak = base + live + min(live / 4, 256 MiB) + k_outside · pair_bytes
 
 the third term being what the engine's block cache keeps mapped above the
@@ -14,8 +14,8 @@ heads' logits, the confidence functions' numpy temporaries: the cache keeps
 the trunk's blocks mapped, so these come on top). ``k_pair`` depends on the triangle multiplication's ``channel_groups``
 (1: its whole [4c, L, L] projection at once; more: the grouped, row-sliced
 path) and is measured by :mod:`.calibrate` (the block cache's own count of
-live bytes during a pass), with ``base``; ``k_msa`` and ``k_extra`` are
-counted from the engine (the stream, its LayerNorm copy and the attention
+live bytes during a pass), with ``base``; ``k_prev`` (the recycled pair,
+float16, from the second pass on), ``k_msa`` and ``k_extra`` are counted from the engine (the stream, its LayerNorm copy and the attention
 slices: two of each, three for the extra MSA, whose embedding also makes a
 transient copy).
 
@@ -60,6 +60,8 @@ GROUP_CHOICES = (1, 4, 16)
 GROUPED_FROM = 512
 #: Counted, not fitted (see the module docstring).
 K_MSA, K_EXTRA = 2.0, 3.0
+#: The recycled pair (float16 [L, L, 128]: half a pair tensor), held through every pass after the first.
+K_PREV = 0.5
 COEFFICIENTS_VERSION = 4
 CACHE_SLACK_BYTES = 256 << 20
 
@@ -133,16 +135,15 @@ class Coefficients:
 
 
 #: Built-in: ``af2cpu calibrate`` on an AMD EPYC Zen 5, 2 threads (2026-11-30, with bf16 pair storage), rounded.
-#: The recycled pair (float16, made by torch now, so inside the block cache) is counted in ``k_pair``.
 DEFAULT = Coefficients(
     base_bytes={"fp32": 1.16 * GIB, "bf16": 1.06 * GIB, "bf16-pair": 1.04 * GIB},
-    k_pair={"fp32": {1: 7.62, 4: 3.37, 16: 2.81}, "bf16": {1: 4.52, 4: 2.56}, "bf16-pair": {4: 2.12, 16: 2.10}},
-    k_outside={"fp32": 0.0, "bf16": 0.0, "bf16-pair": 0.0},
-    time={"fp32": {"block_seconds_per_flop": 1 / 269e9, "block_seconds_per_pair_element": 7.5e-8,
+    k_pair={"fp32": {1: 7.12, 4: 2.87, 16: 2.31}, "bf16": {1: 4.02, 4: 2.01}, "bf16-pair": {4: 1.52, 16: 1.51}},
+    k_outside={"fp32": 0.0, "bf16": 0.0, "bf16-pair": 0.21},
+    time={"fp32": {"block_seconds_per_flop": 1 / 257e9, "block_seconds_per_pair_element": 0.0,
                    "rest_seconds_per_flop": 1 / 235e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0},
-          "bf16": {"block_seconds_per_flop": 1 / 794e9, "block_seconds_per_pair_element": 1.42e-6,
-                   "rest_seconds_per_flop": 1 / 443e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0}},
-    group_time_factor={1: 1.0, 4: 1.01, 16: 1.08},
+          "bf16": {"block_seconds_per_flop": 1 / 6.0e12, "block_seconds_per_pair_element": 3.44e-6,
+                   "rest_seconds_per_flop": 1 / 474e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0}},
+    group_time_factor={1: 1.0, 4: 1.0, 16: 1.01},
 )
 
 
@@ -199,10 +200,10 @@ def memory_key(precision: str, pair_storage: str = "fp32") -> str:
 
 
 def peak_rss(workload: Workload, groups: int, coefficients: Coefficients = DEFAULT, precision: str = "fp32",
-             pair_storage: str = "fp32") -> int:
-    """``base`` plus the activations live at the peak, plus what the engine's block cache keeps mapped
-    above them (``kernels/block_cache.cpp``: a quarter of the peak, at most 256 MiB), plus what the end
-    of the pass holds outside that cache."""
+             pair_storage: str = "fp32", passes: int = 2) -> int:
+    """``base`` plus the activations live at the peak (with ``passes`` > 1, the recycled pair too), plus
+    what the engine's block cache keeps mapped above them (``kernels/block_cache.cpp``: a quarter of the
+    peak, at most 256 MiB), plus what the end of the pass holds outside that cache."""
     pair, msa, extra = tensor_bytes(workload)
     key = memory_key(precision, pair_storage)
     if key not in coefficients.k_pair and key in DEFAULT.k_pair:
@@ -212,7 +213,7 @@ def peak_rss(workload: Workload, groups: int, coefficients: Coefficients = DEFAU
     # measured (more groups never hold more), else the most frugal one measured.
     fewer = [g for g in by_group if g <= groups]
     k_pair = by_group[max(fewer)] if fewer else by_group[min(by_group)]
-    live = k_pair * pair + K_MSA * msa + K_EXTRA * extra
+    live = (k_pair + (K_PREV if passes > 1 else 0.0)) * pair + K_MSA * msa + K_EXTRA * extra
     base = coefficients.base_bytes.get(key) or coefficients.base_bytes["fp32"]
     outside = coefficients.k_outside.get(key, 0.0) * pair
     return int(base + live + min(live / 4, CACHE_SLACK_BYTES) + outside)
@@ -231,7 +232,8 @@ def seconds_per_pass(workload: Workload, precision: str, groups: int,
 
 
 def estimate(workload: Workload, precision: str = "fp32", threads: int = 1,
-             memory_limit: Optional[int] = None, coefficients: Optional[Coefficients] = None) -> Estimate:
+             memory_limit: Optional[int] = None, coefficients: Optional[Coefficients] = None,
+             passes: int = 2) -> Estimate:
     """The chunking the engine will use, and its predicted peak RSS and time per pass.
 
     From :data:`GROUPED_FROM` residues the grouped triangle multiplication
@@ -247,8 +249,8 @@ def estimate(workload: Workload, precision: str = "fp32", threads: int = 1,
     if memory_limit is None:
         storage, g = choices[0]
     else:
-        storage, g = next((sg for sg in choices if peak_rss(workload, sg[1], c, precision, sg[0]) <= memory_limit),
-                          choices[-1])
-    return Estimate(peak_rss_bytes=peak_rss(workload, g, c, precision, storage),
+        storage, g = next((sg for sg in choices
+                           if peak_rss(workload, sg[1], c, precision, sg[0], passes) <= memory_limit), choices[-1])
+    return Estimate(peak_rss_bytes=peak_rss(workload, g, c, precision, storage, passes),
                     seconds_per_pass=seconds_per_pass(workload, precision, g, c),
                     channel_groups=g, memory_limit=memory_limit, calibrated=c.calibrated, pair_storage=storage)
