@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -114,15 +115,16 @@ def _prepare_request(pm, args: argparse.Namespace) -> None:
         )
     try:
         model_type, is_complex = colabfold_seam.resolve_model_type(args)
-    except colabfold_seam.EmptyChain as exc:
-        raise UsageError(f"{exc} in {args.input}",
-                         "separate the chains of a complex by single ':' (A:B), with a sequence for each") from exc
+    except colabfold_seam.BadQuery as exc:
+        where = "" if str(args.input) in str(exc) else f" in {args.input}"
+        raise UsageError(f"{exc}{where}", exc.fix) from exc
     except (OSError, ValueError, AssertionError) as exc:
         raise UsageError(
             f"could not read the input {args.input}: {' '.join(str(exc).split()) or type(exc).__name__}",
             "check its format (FASTA, A3M, CSV/TSV with id,sequence columns)",
         ) from exc
 
+    _check_results_dir(Path(args.results))
     refusal = pm.hook.af2cpu_check_request(backend=backend, args=args, model_type=model_type, is_complex=is_complex)
     if refusal:
         what, sep, fix = " ".join(str(refusal).split()).partition(" — ")
@@ -132,6 +134,23 @@ def _prepare_request(pm, args: argparse.Namespace) -> None:
     checked = template_check.check_templates(args)
     if checked is not None:
         pm.register(_Record({"af2cpu_template_check": checked.record()}))
+
+
+def _check_results_dir(out: Path) -> None:
+    """The results dir, or the dir it will be made in, takes files: checked before ColabFold's logging opens
+    a file there (a traceback otherwise). Nothing is created: a refused run leaves no trace."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"the results path {out} is {'a file' if existing == out else f'under the file {existing}'}, "
+                         "not a directory", "pass a directory for the results (it is created if missing)")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write results to {out} ({exc.strerror or exc})",
+                         "pass a directory you can write to") from exc
 
 
 class _Record:

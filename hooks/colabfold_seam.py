@@ -34,7 +34,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -81,19 +81,55 @@ def resolve_model_type(args: Any) -> Tuple[str, bool]:
     """
     from colabfold import batch
 
-    queries, is_complex = batch.get_queries(args.input, args.sort_queries_by)
+    try:
+        queries, is_complex = batch.get_queries(args.input, args.sort_queries_by)
+    except (AttributeError, TypeError) as exc:  # pandas reads an empty CSV/TSV cell as a float NaN
+        raise BadQuery(f"a record of {args.input} has no sequence ({exc})",
+                       "give every id a sequence, or drop the record") from exc
+    if not queries:
+        raise BadQuery(f"{args.input} holds no sequences",
+                       "pass a FASTA/A3M file with '>name' lines, each followed by its sequence, "
+                       "or a CSV/TSV with id,sequence columns")
     for job, sequences, *_ in queries:
-        if isinstance(sequences, (list, tuple)) and any(not s.strip() for s in sequences):
+        chains = list(sequences) if isinstance(sequences, (list, tuple)) else [sequences]
+        if len(chains) > 1 and any(not c.strip() for c in chains):
             raise EmptyChain(job)
+        for i, chain in enumerate(chains):
+            _check_residues(job, chain, i + 1 if len(chains) > 1 else None)
     return batch.set_model_type(is_complex, args.model_type), bool(is_complex)
 
 
-class EmptyChain(ValueError):
+#: What ColabFold's feature pipeline takes: the 20 amino acids, X, and B, J, O, U, Z (which it reads as X).
+RESIDUE_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _check_residues(job: str, chain: str, chain_number: Optional[int]) -> None:
+    """A sequence ColabFold's pipeline would reject deep inside a run (or skip, exiting 0) is refused here."""
+    where = f"query {job!r}" + (f", chain {chain_number}," if chain_number else "")
+    if not chain.strip():
+        raise BadQuery(f"{where} has no sequence", "give the record a sequence, or drop it")
+    for position, letter in enumerate(chain, start=1):
+        if letter.upper() not in RESIDUE_LETTERS:
+            shown = repr(letter) if letter.strip() else f"whitespace {letter!r}"
+            raise BadQuery(f"{where} has {shown} at position {position}, not an amino-acid letter",
+                           "use one-letter codes (X for unknown); remove stop codons (*), gaps, digits and spaces")
+
+
+class BadQuery(ValueError):
+    """An input query ColabFold cannot fold; ``fix`` says what to change."""
+
+    def __init__(self, what: str, fix: str) -> None:
+        self.fix = fix
+        super().__init__(what)
+
+
+class EmptyChain(BadQuery):
     """A query whose ``:``-separated chains include an empty one."""
 
     def __init__(self, job: str) -> None:
         self.job = job
-        super().__init__(f"query {job!r} has an empty chain (two ':' in a row, or a ':' at either end)")
+        super().__init__(f"query {job!r} has an empty chain (two ':' in a row, or a ':' at either end)",
+                         "separate the chains of a complex by single ':' (A:B), with a sequence for each")
 
 
 # ---------------------------------------------------------------------------

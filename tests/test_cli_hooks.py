@@ -435,6 +435,48 @@ def test_empty_chain_is_one_line(workdir, sequence):
     assert not (workdir / "out").exists()
 
 
+@pytest.mark.parametrize("name, text, expected", [
+    ("empty.fasta", "", "holds no sequences"),
+    ("noseq.fasta", ">job1\n", "'job1' has no sequence"),
+    ("header.csv", "id,sequence\n", "holds no sequences"),
+    ("blank.csv", "id,sequence\njob1,\n", "has no sequence"),
+    ("stop.fasta", ">job1\nMKTAYIAK*QRQ\n", "'job1' has '*' at position 9"),
+    ("digit.fasta", ">job1\nMKTAY1AK\n", "'job1' has '1' at position 6"),
+    ("chain.fasta", ">job1\nMKTAYIAK:MKT-YIAK\n", "'job1', chain 2, has '-' at position 4"),
+])
+def test_bad_sequences_are_one_line(workdir, name, text, expected):
+    """Empty inputs, records without a sequence and letters that are not residues are refused before
+    ColabFold starts (which would trace back, or skip the query and exit 0): one line naming the record and
+    the position, and the fix; nothing written."""
+    (workdir / name).write_text(text)
+    result = _run_cli(_batch_argv(workdir, "--backend", "cpu", query=name))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and expected in errors[0] and " — " in errors[0], errors
+    assert not (workdir / "out").exists()
+
+
+def test_rare_letters_are_accepted_as_colabfold_does(workdir):
+    """B, J, O, U and Z (ColabFold reads them as X) and lower case pass the input check."""
+    from af2cpu_plugin.hooks import colabfold_seam
+
+    (workdir / "rare.fasta").write_text(">job1\nMKTBJOUXZmkt\n")
+    args = argparse.Namespace(input=str(workdir / "rare.fasta"), sort_queries_by="none", model_type="auto")
+    assert colabfold_seam.resolve_model_type(args) == ("alphafold2_ptm", False)
+
+
+@pytest.mark.parametrize("kind", ["file", "under_file"])
+def test_results_path_that_is_a_file_is_one_line(workdir, kind):
+    (workdir / "taken").write_text("not a dir")
+    out = workdir / "taken" if kind == "file" else workdir / "taken" / "out"
+    argv = _batch_argv(workdir, "--backend", "cpu")
+    argv[-1] = str(out)
+    result = _run_cli(argv)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "not a directory — pass a directory for the results" in result.stderr
+    assert (workdir / "taken").read_text() == "not a dir"
+
+
 @pytest.mark.parametrize("extra", [[], ["--model-type", "alphafold2_multimer_v2"]])
 def test_complex_with_multimer_is_accepted(workdir, extra):
     """A:B with --model-type auto (multimer v3) or a multimer type passes the checks on --backend cpu
