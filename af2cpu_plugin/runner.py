@@ -43,6 +43,23 @@ def zero_prev(num_res: int) -> Dict[str, np.ndarray]:
             "prev_pos": np.zeros((num_res, 37, 3), np.float16)}
 
 
+class NonFiniteOutput(ValueError):
+    """A pass whose outputs hold NaN or Inf: never written out as a prediction."""
+
+
+def check_finite(result: Mapping[str, Any], recycle: int, model: str) -> None:
+    """Raise :class:`NonFiniteOutput` (one line: what, then the fix) if the pass's positions, pLDDT or PAE
+    are not all finite. Damaged or foreign weights do this (an Inf in one array is enough); ColabFold would
+    write a PDB of NaN and then fail drawing the PAE plot."""
+    arrays = {"atom positions": result["structure_module"]["final_atom_positions"], "pLDDT": result.get("plddt"),
+              "PAE": result.get("predicted_aligned_error")}
+    bad = [name for name, a in arrays.items() if a is not None and not np.isfinite(a).all()]
+    if bad:
+        raise NonFiniteOutput(
+            f"{model} gave NaN or Inf ({', '.join(bad)}) at recycle {recycle}; nothing of it was written"
+            " — its params file is damaged or is not AlphaFold2's: download the weights again or check --data")
+
+
 class UnsupportedConfig(ValueError):
     """A ColabFold configuration the cpu engine does not serve (yet)."""
 
@@ -225,6 +242,7 @@ class CpuRunModel:
                 else:
                     sub_feat = {k: v[r] for k, v in feat.items()}
                 result, prev = self.forward_pass(sub_feat, prev)
+                check_finite(result, r, progress.model_tag(callback))
                 result, prev = _to_float16(result), _to_float16(prev)
                 if return_representations:
                     result["representations"] = {"pair": prev["prev_pair"], "single": prev["prev_msa_first_row"]}

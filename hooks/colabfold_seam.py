@@ -147,6 +147,7 @@ def known_error_types() -> Tuple[type, ...]:
     for module, name in (
         ("af2cpu_plugin.converters", "ConversionError"),
         ("af2cpu_plugin.engine.params", "ParamsMismatch"),
+        ("af2cpu_plugin.runner", "NonFiniteOutput"),
     ):
         try:
             mod = __import__(module, fromlist=[name])
@@ -166,11 +167,12 @@ def as_usage_error(exc: BaseException) -> UsageError:
     if name == "ParamsMismatch":
         return UsageError(text, "the params file does not match --model-type; check --data and --model-type", 1)
     if name == "ConversionError":
-        return UsageError(
-            f"could not convert params: {text}",
-            "re-download the weights (delete <data>/params and rerun) or check --data",
-            1,
-        )
+        # Most say what to do after their last ": " (download again, fix permissions, set AF2CPU_CACHE):
+        # a second, generic fix would contradict them.
+        own_fix = any(p in text for p in ("download the AlphaFold2 weights", "chmod", "permissions", "AF2CPU_CACHE",
+                                          "check the disk"))
+        return UsageError(f"could not convert params: {text}",
+                          "" if own_fix else "download the weights again or check --data", 1)
     return UsageError(text, exit_code=1)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from af2cpu_plugin import converters
 from af2cpu_plugin.converters import ConversionError, params_cache
@@ -360,6 +361,34 @@ def test_init_tables_match_haikus_shapes(model_type):
         shapes = {k: list(v.shape) for k, v in flatten(jax.eval_shape(init, jax.random.PRNGKey(0), batch)).items()}
         table = rp._read_table(rp.architecture(model_type, n))
         assert {k: v[0] for k, v in table.items()} == shapes
+
+
+@pytest.mark.parametrize("damage", ["flip", "zero_page"])
+def test_damaged_cache_is_converted_again_never_used(tmp_path, monkeypatch, damage):
+    """A converted cache whose data changed on disk (a flipped bit, a zeroed page) fails its checksum on
+    load: it is converted again from the npz, with one log line, and the right arrays come back."""
+    src_dir, _ = _cached_npz("alphafold2_ptm", 3)
+    npz = tmp_path / "params" / "params_model_3_ptm.npz"
+    npz.parent.mkdir()
+    npz.symlink_to(src_dir / "params" / npz.name)
+    monkeypatch.setenv("AF2CPU_CACHE", str(tmp_path / "user-cache"))
+    messages = []
+    # (cloned: the loaded tensors map the file, so damaging it in place changes them too)
+    good = {k: v.clone() for k, v in converters.load_params(npz, messages.append).items()}
+    (cached,) = npz.parent.glob("*.safetensors")
+    size = cached.stat().st_size
+    with open(cached, "r+b") as f:
+        f.seek(size // 2)
+        if damage == "flip":
+            byte = f.read(1)
+            f.seek(size // 2)
+            f.write(bytes([byte[0] ^ 0x01]))
+        else:
+            f.write(bytes(4096))
+    again = converters.load_params(npz, messages.append)
+    assert any("is damaged" in m for m in messages), messages
+    assert messages[-1].startswith("converted")
+    assert sorted(again) == sorted(good) and all(torch.equal(again[k], good[k]) for k in good)
 
 
 def test_non_ptm_files_lack_the_pae_head():

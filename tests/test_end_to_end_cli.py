@@ -145,3 +145,42 @@ def test_default_precision_is_resolved_recorded_and_close_to_jax(one_model_runs,
     assert config["cpu_capability"] and "cpu_native_bf16" in config
     ptm, plddt, pae = score_gaps(out, jax)
     assert ptm <= 0.02 and plddt <= 1.0 and pae <= 3.6, (ptm, plddt, pae)
+
+
+def test_check_finite_names_the_model_and_recycle():
+    import numpy as np
+
+    from af2cpu_plugin.runner import NonFiniteOutput, check_finite
+
+    good = {"structure_module": {"final_atom_positions": np.zeros((3, 37, 3))}, "plddt": np.ones(3)}
+    check_finite(good, 0, "m")
+    bad = {**good, "predicted_aligned_error": np.array([[0.0, np.nan], [1.0, 2.0]])}
+    with pytest.raises(NonFiniteOutput, match=r"^m gave NaN or Inf \(PAE\) at recycle 2; .* — .*download"):
+        check_finite(bad, 2, "m")
+
+
+@pytest.mark.heavy
+def test_non_finite_outputs_are_one_line_and_nothing_is_done(tmp_path, data_dir, example):
+    """Weights with an Inf in them (a damaged file): one line naming the model and the recycle, exit 1,
+    no structure, no scores and no done marker."""
+    import numpy as np
+
+    params = tmp_path / "data" / "params"
+    params.mkdir(parents=True)
+    for src in (data_dir / "params").iterdir():
+        if src.name != "params_model_1_ptm.npz" and not src.name.endswith(".safetensors"):
+            (params / src.name).symlink_to(src)
+    with np.load(data_dir / "params" / "params_model_1_ptm.npz", allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    key = "alphafold/alphafold_iteration/structure_module/fold_iteration/affine_update//weights"
+    arrays[key] = arrays[key].copy()
+    arrays[key][:4] = np.inf
+    np.savez(params / "params_model_1_ptm.npz", **arrays)
+    out = tmp_path / "out"
+    proc = af2cpu("--backend", "cpu", "--precision", "fp32", "--msa-mode", "single_sequence", "--data",
+                  str(tmp_path / "data"), "--num-models", "1", "--num-recycle", "0", str(example), str(out),
+                  check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "alphafold2_ptm_model_1_seed_000 gave NaN or Inf" in errors[0], errors
+    assert not list(out.glob("*.done.txt")) and not list(out.glob("*.pdb")) and not list(out.glob("*scores*"))
