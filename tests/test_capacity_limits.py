@@ -58,6 +58,7 @@ def test_parse_size_rejects_with_one_line_naming_the_format(text):
 def test_format_size():
     assert limits.format_size(20 * GIB) == "20.0 GiB"
     assert limits.format_size(512 << 20) == "512 MiB"
+    assert limits.format_size(1024) == "1 KiB"  # --memory-limit 1K said "0 MiB"
 
 
 # ---------------------------------------------------------------------------

@@ -68,10 +68,12 @@ def parse_size(text: str) -> int:
 
 
 def format_size(size: int) -> str:
-    """Bytes as GiB with one decimal (MiB below 1 GiB), for messages."""
+    """Bytes as GiB with one decimal (MiB below 1 GiB, KiB below 1 MiB), for messages."""
     if size >= 1 << 30:
         return f"{size / (1 << 30):.1f} GiB"
-    return f"{size / (1 << 20):.0f} MiB"
+    if size >= 1 << 20:
+        return f"{size / (1 << 20):.0f} MiB"
+    return f"{size / (1 << 10):.0f} KiB"
 
 
 # ---------------------------------------------------------------------------
