@@ -95,8 +95,19 @@ def ensure_converted(npz_path, log: LogSink = LOG,
                 f"cannot convert {npz_path}: {params_dir} is read-only and the cache dir {cache} cannot be created "
                 f"({e.strerror}); set AF2CPU_CACHE to a writable directory") from None
         out = cache / converted_name(npz_path, sha256)
+    # One conversion per file however many processes start at once (several `af2cpu batch` runs, or the
+    # workers of one, on a shared data dir): the first converts under the lock, the others wait and reuse
+    # its file. The write itself is atomic (a temporary file renamed), so a conversion killed midway leaves
+    # nothing a later run would load.
+    from filelock import FileLock
+
     try:
-        convert_npz(npz_path, out, expected=expected, sha256=sha256)
+        with FileLock(str(out) + ".lock", timeout=1800):
+            if out.is_file() and _is_valid(out, sha256):
+                emit(log, "reusing cached safetensors %s (for %s; converted meanwhile by another process)",
+                     out, npz_path.name)
+                return out
+            convert_npz(npz_path, out, expected=expected, sha256=sha256)
     except PermissionError as e:
         raise ConversionError(
             f"cannot write {out} ({e.strerror}): set AF2CPU_CACHE to a writable directory") from None

@@ -391,6 +391,26 @@ def test_damaged_cache_is_converted_again_never_used(tmp_path, monkeypatch, dama
     assert sorted(again) == sorted(good) and all(torch.equal(again[k], good[k]) for k in good)
 
 
+def test_concurrent_processes_convert_once(tmp_path, monkeypatch):
+    """Two processes loading one npz at once: one converts (under a file lock), the other reuses its file."""
+    import subprocess
+    import sys
+
+    src_dir, _ = _cached_npz("alphafold2_ptm", 3)
+    npz = tmp_path / "params" / "params_model_3_ptm.npz"
+    npz.parent.mkdir()
+    npz.symlink_to(src_dir / "params" / npz.name)
+    code = ("import sys; from af2cpu_plugin import converters; "
+            "converters.load_params(sys.argv[1], lambda m: print(m.split()[0], flush=True))")
+    env = {**os.environ, "AF2CPU_CACHE": str(tmp_path / "user-cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(npz)], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    words = sorted(p.communicate(timeout=300)[0].split()[0] for p in procs)
+    assert all(p.returncode == 0 for p in procs)
+    assert words == ["converted", "reusing"], words
+    assert len(list(npz.parent.glob("*.safetensors"))) == 1
+
+
 def test_non_ptm_files_lack_the_pae_head():
     _, flat = _cached_npz("alphafold2", 1)
     assert len(flat) == 336 and 93.1e6 < sum(a.size for a in flat.values()) < 93.3e6
