@@ -34,7 +34,7 @@ def data_checksum(tensors: Mapping[str, object]) -> str:
     digest = hashlib.sha256()
     for key in sorted(tensors):
         t = tensors[key]
-        a = t.numpy() if hasattr(t, "numpy") and not isinstance(t, np.ndarray) else np.asarray(t)
+        a = t.numpy() if hasattr(t, "numpy") else np.asarray(t)  # a torch tensor (a view), or numpy already
         raw = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
         words, tail = raw[: raw.size // 8 * 8].view(np.uint64), raw[raw.size // 8 * 8:]
         total = int(np.add.reduce(words, dtype=np.uint64)) if words.size else 0

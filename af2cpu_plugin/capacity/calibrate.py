@@ -218,8 +218,8 @@ def calibrate(threads: int, data_dir: Optional[str] = None, log=print) -> Path:
     log(f"CPU: {info.describe()}; {threads} threads")
     log("random weights for the measurements (model 3; made once)...")
     write_random_params(data_dir, "alphafold2_ptm", models=(3,), seed=0)
-    plan = [(L, "fp32", g) for g, lengths in GROUP_LENGTHS.items() for L in lengths]
-    plan = [(L, precision, g, "fp32") for L, precision, g in plan]
+    # (length, precision, channel groups, pair storage)
+    plan = [(L, "fp32", g, "fp32") for g, lengths in GROUP_LENGTHS.items() for L in lengths]
     if resolve_precision("auto", info) == "bf16":
         plan += [(L, "bf16", 1, "fp32") for L in LENGTHS] + [(LENGTHS[-1], "bf16", 4, "fp32")]
         # The bf16 pair, chosen only where memory is short, hence at long lengths: with 4 groups
