@@ -40,6 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AF2CPU_SHARED_DATA", ROOT.parent / "shared" / "data" / "colabfold-test-data"))
+DATA = ROOT / "tests" / "data"  # ColabFold's small test structure travels with the repository
 TARGETS = {"coordinates (Å)": 0.05, "pLDDT": 0.1, "PAE": 0.05, "ipTM": 0.005}
 
 
@@ -63,7 +64,7 @@ def case_input(name: str) -> str:
     if name in ("single130", "templates130"):
         from alphafold.common import protein, residue_constants
 
-        prot = protein.from_pdb_string((SHARED / "ERR550519_2213899_unrelaxed_model_1.pdb").read_text())
+        prot = protein.from_pdb_string((DATA / "ERR550519_2213899_unrelaxed_model_1.pdb").read_text())
         return "".join(residue_constants.restypes_with_x[a] for a in prot.aatype)
     raise SystemExit(f"unknown case {name!r}; use deep_msa, single130 or templates130")
 
@@ -77,7 +78,7 @@ def template_features(query: str):
 
     work = Path(tempfile.mkdtemp(prefix="af2cpu-templates-"))
     (work / "templates").mkdir()
-    shutil.copy(SHARED / "ERR550519_2213899_unrelaxed_model_1.cif", work / "templates" / "1err.cif")
+    shutil.copy(DATA / "ERR550519_2213899_unrelaxed_model_1.cif", work / "templates" / "1err.cif")
     return parity.custom_template_features(query, work / "templates", work)
 
 

@@ -22,10 +22,9 @@ from af2cpu_plugin.testing.oracle import as_tensor, assert_close, fp32_global_co
 hk = pytest.importorskip("haiku")
 modules = pytest.importorskip("alphafold.model.modules")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "colabfold-test-data"
-PDB = SHARED / "ERR550519_2213899_unrelaxed_model_1.pdb"
-CIF = SHARED / "ERR550519_2213899_unrelaxed_model_1.cif"
-needs_structure = pytest.mark.skipif(not PDB.exists(), reason="colabfold test data not available")
+DATA = Path(__file__).resolve().parent / "data"  # ColabFold's test structure, MIT (see data/README.md)
+PDB = DATA / "ERR550519_2213899_unrelaxed_model_1.pdb"
+CIF = DATA / "ERR550519_2213899_unrelaxed_model_1.cif"
 
 N_RES, C_Z, C_T = 14, 12, 8
 REL_TOL = 1e-4
@@ -118,7 +117,6 @@ def pair_inputs(seed=0):
 # --------------------------------------------------------------------------- torsion features
 
 
-@needs_structure
 @pytest.mark.parametrize("placeholder", [False, True])
 def test_torsion_angles_match_all_atom(structure, placeholder):
     from alphafold.model import all_atom
@@ -179,7 +177,6 @@ SINGLE_KEYS = ("template_aatype", "template_pseudo_beta", "template_pseudo_beta_
                "template_all_atom_positions", "template_all_atom_masks")
 
 
-@needs_structure
 @pytest.mark.parametrize("unit_vector", [False, True])
 @pytest.mark.parametrize("which", [0, 1])
 def test_single_template_embedding(structure, unit_vector, which):
@@ -212,7 +209,6 @@ def _torch_template_embedding(cfg, flat, batch, query, pair_mask):
                      *[batch[k] for k in keys], pair_mask)
 
 
-@needs_structure
 def test_template_embedding_with_a_masked_template(structure):
     cfg, gc = template_config(unit_vector=True), fp32_global_config()
     batch = template_batch(structure, num_templates=3)
@@ -223,7 +219,6 @@ def test_template_embedding_with_a_masked_template(structure):
     assert np.abs(np.asarray(ref)).max() > 0.1
 
 
-@needs_structure
 def test_template_embedding_without_templates_is_zero(structure):
     cfg, gc = template_config(), fp32_global_config()
     batch = template_batch(structure, num_templates=2)
@@ -267,7 +262,6 @@ def template_case(tmp_path_factory, structure):
     return cfg, feat, flat
 
 
-@needs_structure
 def test_end_to_end_with_real_template(template_case):
     """model_1_ptm with a real template (two hhsearch hits, one partial) against JAX,
     with ColabFold's own config (``zero_init=True``: no placeholder for undefined torsions,
@@ -282,7 +276,6 @@ def test_end_to_end_with_real_template(template_case):
         assert mx <= BARS[name], f"{name}: max |Δ| {mx:.3g} (mean {mean:.3g}) over bar {BARS[name]}"
 
 
-@needs_structure
 def test_template_changes_the_prediction(template_case):
     """ColabFold's own config; the same features with template_mask zeroed give another result."""
     from af2cpu_plugin.runner import CpuRunModel
@@ -300,7 +293,6 @@ def test_template_changes_the_prediction(template_case):
     assert np.abs(with_t["plddt"].astype(np.float32) - without_t["plddt"].astype(np.float32)).max() > 0.1
 
 
-@needs_structure
 def test_masked_torsions_follow_jitted_colabfold(template_case):
     """Undefined torsions (no placeholder, ColabFold's config) are defined only by XLA's
     rounding: eager and jitted JAX disagree there, while every defined torsion agrees.

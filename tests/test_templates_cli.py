@@ -3,7 +3,7 @@
 Subprocess runs as a user would start them (see test_end_to_end_cli.py), with
 full-size random weights cached on disk, offline: ``--msa-mode
 single_sequence``, hhsearch/kalign from colabfold-binaries. The template is
-ColabFold's test structure (shared test data) saved as ``1err.cif``, the query
+ColabFold's test structure (tests/data) saved as ``1err.cif``, the query
 its first 60 residues, so hhsearch finds it. Only agreement between
 ``--backend cpu`` and ``--backend jax`` means anything with random weights.
 
@@ -25,18 +25,15 @@ import pytest
 from af2cpu_plugin.testing.params_cache import cached_random_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("AF2CPU_SHARED_DATA", ROOT.parent / "shared" / "data" / "colabfold-test-data"))
+DATA = ROOT / "tests" / "data"  # ColabFold's test structure, MIT (see data/README.md)
 STRUCTURE = "ERR550519_2213899_unrelaxed_model_1"
 JOB = "tpl"
 QUERY_LENGTH = 60
 GARBAGE = "this is not an mmCIF file\n"
 
 
-def _require_shared() -> Path:
-    cif = SHARED / f"{STRUCTURE}.cif"
-    if not cif.is_file() or not (SHARED / f"{STRUCTURE}.pdb").is_file():
-        pytest.skip(f"shared test data not found: {cif} (set AF2CPU_SHARED_DATA to ColabFold's test-data dir)")
-    return cif
+CIF = DATA / f"{STRUCTURE}.cif"
+PDB = DATA / f"{STRUCTURE}.pdb"
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +44,9 @@ def data_dir() -> Path:
 @pytest.fixture(scope="module")
 def query(tmp_path_factory) -> Path:
     """The first 60 residues of the template's own sequence, under a short header."""
-    _require_shared()
     from alphafold.common import protein, residue_constants
 
-    prot = protein.from_pdb_string((SHARED / f"{STRUCTURE}.pdb").read_text())
+    prot = protein.from_pdb_string(PDB.read_text())
     sequence = "".join(residue_constants.restypes_with_x[a] for a in prot.aatype)[:QUERY_LENGTH]
     path = tmp_path_factory.mktemp("input") / f"{JOB}.fasta"
     path.write_text(f">{JOB}\n{sequence}\n")
@@ -61,7 +57,7 @@ def template_dir(base: Path, good: bool = True, garbage: bool = False) -> Path:
     """A fresh template dir (ColabFold writes its pdb70 index into the dir it reads)."""
     base.mkdir(parents=True)
     if good:
-        shutil.copy(_require_shared(), base / "1err.cif")
+        shutil.copy(CIF, base / "1err.cif")
     if garbage:
         (base / "2bad.cif").write_text(GARBAGE)
     return base
