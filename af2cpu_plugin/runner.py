@@ -31,6 +31,7 @@ from .engine.multimer import rng
 from .engine.multimer.model import MultimerIteration
 from .engine.params import bind_params
 from .engine.policy import RuntimePolicy
+from .engine.primitives import to_float16_
 
 logger = logging.getLogger(__name__)
 
@@ -187,9 +188,9 @@ class CpuRunModel:
         with torch.inference_mode(), self.policy_for(feat).active():
             ret = self.model(batch)
             # float16 now, as predict would make it, before the confidence functions'
-            # [L, L, 64] temporaries, and straight from the trunk's dtype (bf16 in bf16):
-            # no float32 copy of the pair is made.
-            prev_pair = ret["representations"].pop("pair").to(torch.float16).numpy()
+            # [L, L, 64] temporaries, and straight from the trunk's dtype: no float32 copy
+            # of the pair is made, and a bf16 pair becomes float16 in its own storage.
+            prev_pair = to_float16_(ret["representations"].pop("pair")).numpy()
             ret = _to_numpy(ret)
         reps = ret.pop("representations")
         new_prev = {

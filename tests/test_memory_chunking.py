@@ -154,3 +154,22 @@ def test_runner_chooses_channel_groups_per_input():
     short = CpuRunModel(cfg, policy=RuntimePolicy(precision="bf16", memory_limit=(bf16_pair + fp32_pair) // 2))
     assert short.policy_for(single(3000)).pair_storage == "bf16"
     assert short.policy_for(single(300)).pair_storage == "fp32"
+
+
+@pytest.mark.parametrize("slice_bytes", [None, 100], ids=["one-slice", "row-slices"])
+def test_bf16_pair_becomes_float16_in_its_own_storage(slice_bytes):
+    """The recycled pair of a bf16-stored trunk: float16 in the bf16 pair's own bytes (no second pair-sized
+    tensor at the end of a pass), the same numbers as ``.to(torch.float16)``, including values float16
+    rounds to inf or zero."""
+    from af2cpu_plugin.engine.primitives import to_float16_
+
+    gen = torch.Generator().manual_seed(0)
+    pair = (torch.randn(9, 7, 5, generator=gen) * 3).to(torch.bfloat16)
+    pair[0, 0, :3] = torch.tensor([1e5, -1e-8, 65504.0]).to(torch.bfloat16)
+    expected = pair.to(torch.float16)
+    with RuntimePolicy(slice_bytes=slice_bytes).active():
+        got = to_float16_(pair)
+    assert got.dtype == torch.float16 and got.data_ptr() == pair.data_ptr()
+    assert torch.equal(got, expected)
+    fp32 = torch.randn(3, 4, 2, generator=gen)
+    assert torch.equal(to_float16_(fp32), fp32.to(torch.float16))  # other dtypes: a plain cast

@@ -45,7 +45,11 @@ def mask_to_bias(mask: torch.Tensor) -> torch.Tensor:
 # operands and accumulates in fp32 (avx512_bf16 dot products where the CPU has
 # them).
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+# oneDNN has no bf16 inner product for a CPU without AVX-512 (a Zen 3: "could not create a primitive
+# descriptor"); there bf16 goes through PyTorch's own GEMM (slow, which is why `--precision auto` never picks
+# bf16 there, but the engine still computes it).
+_ONEDNN_DTYPES = (torch.float32,) + (
+    (torch.bfloat16,) if _ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported() else ())
 
 
 def linear_2d(
@@ -166,6 +170,26 @@ def by_upcast_rows(x: torch.Tensor, dtype: torch.dtype, fn: Callable[[torch.Tens
         if out is None:
             out = y.new_empty((x.shape[0], *y.shape[1:]))
         out.narrow(0, start, rows).copy_(y)
+    return out
+
+
+def to_float16_(x: torch.Tensor) -> torch.Tensor:
+    """``x.to(torch.float16)``; a contiguous bf16 ``x`` is converted in its own storage, which it gives up.
+
+    The recycled pair is float16 (ColabFold's runner casts it). At the end of
+    a pass the bf16 pair and the two [L, L, 64] head logits are alive; a
+    float16 copy of the pair on top is the pass's peak at long lengths (3.8
+    GiB more at 4,000 residues). bf16 and float16 have the same width, so
+    each row slice is read into a float32 scratch, then written back as
+    float16 into the bytes it came from: the same numbers, no second pair.
+    """
+    if x.dtype != torch.bfloat16 or not x.is_contiguous() or x.dim() == 0:
+        return x.to(torch.float16)
+    from .chunking import row_slices
+
+    out = x.view(torch.float16)
+    for start, rows in row_slices(x):
+        out.narrow(0, start, rows).copy_(x.narrow(0, start, rows).float())
     return out
 
 
