@@ -32,6 +32,13 @@ class CpuInfo:
         """bf16 GEMMs run in hardware (avx512_bf16 or AMX); elsewhere oneDNN emulates them, ~100x slower."""
         return any(flag in self.flags for flag in NATIVE_BF16_FLAGS)
 
+    @property
+    def calibration_name(self) -> str:
+        """The name a calibration is stored under: the model and torch's dispatch level, because virtual
+        machines may report only the vendor line ("AMD EPYC" for a Zen 3 and a Zen 5) and a shared home
+        directory must not give one machine another's speed."""
+        return f"{self.model} {self.capability}"
+
     def describe(self) -> str:
         """One line for logs and benchmark headers."""
         isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2") if f in self.flags]

@@ -128,7 +128,7 @@ def test_cost_model_predicts_measured_peak_rss(num_res, tmp_path):
     from af2cpu_plugin.testing.params_cache import cached_random_data_dir
 
     threads = torch.get_num_threads()
-    coefficients = cost_model.load(cpu_info().model, threads)
+    coefficients = cost_model.load(cpu_info().calibration_name, threads)
     plan = cost_model.estimate(cost_model.Workload(num_res), "fp32", threads, memory_limit(None).bytes, coefficients)
     data = cached_random_data_dir("alphafold2_ptm", models=(3,))
     row = calibrate.run_child(num_res, "fp32", plan.channel_groups, threads, str(data))

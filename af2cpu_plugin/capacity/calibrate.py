@@ -233,7 +233,7 @@ def calibrate(threads: int, data_dir: Optional[str] = None, log=print) -> Path:
             f"{row['peak_rss_bytes'] / cost_model.GIB:.2f} GiB, {row['seconds']:.1f} s per pass "
             f"({MAIN_BLOCKS} Evoformer blocks)")
         rows.append(row)
-    coefficients = fit(rows, info.model, threads)
+    coefficients = fit(rows, info.calibration_name, threads)
     path = cost_model.save(coefficients)
     atomic_write_bytes(path.with_suffix(".measurements.json"), json.dumps(rows, indent=1).encode())
     log(f"stored {path}")

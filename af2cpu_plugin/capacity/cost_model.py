@@ -164,7 +164,7 @@ def load(cpu_model: Optional[str] = None, threads: Optional[int] = None) -> Coef
     if cpu_model is None:
         from af2cpu_plugin.cpu import cpu_info
 
-        cpu_model = cpu_info().model
+        cpu_model = cpu_info().calibration_name
     path = calibration_path(cpu_model, threads or 1)
     try:
         return _read(str(path), path.stat().st_mtime_ns)
