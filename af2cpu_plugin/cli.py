@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from af2cpu_plugin.hooks import colabfold_seam, template_check
 from af2cpu_plugin.cpu import PRECISION_CHOICES as PRECISIONS
@@ -97,6 +100,29 @@ def _add_af2cpu_options(parser: argparse.ArgumentParser, pm, names: List[str]) -
     pm.hook.af2cpu_add_options(parser=parser, backend_names=list(names))
 
 
+def read_input(args: argparse.Namespace):
+    """``(model_type, is_complex)`` of ``args.input`` as ColabFold will read it; any input it cannot fold is a
+    one-line :class:`UsageError` here, before the MSA stage."""
+    if not Path(args.input).exists():
+        raise UsageError(
+            f"input {args.input} not found",
+            "pass a FASTA or A3M file, a CSV/TSV file, or a directory of them",
+        )
+    try:
+        return colabfold_seam.resolve_model_type(args)
+    except colabfold_seam.BadQuery as exc:
+        where = "" if str(args.input) in str(exc) else f" in {args.input}"
+        raise UsageError(f"{exc}{where}", exc.fix) from exc
+    except Exception as exc:
+        # Whatever ColabFold's readers raise on a malformed file (its FASTA/A3M parser, pandas for CSV/TSV,
+        # Biopython for PDB/mmCIF: ValueError, AssertionError, KeyError, PDBConstructionException, ... found by
+        # tests/test_fuzz.py): the input is unreadable, not af2cpu broken.
+        raise UsageError(
+            f"could not read the input {args.input}: {' '.join(str(exc).split()) or type(exc).__name__}",
+            "check its format (FASTA, A3M, CSV/TSV with id,sequence columns)",
+        ) from exc
+
+
 def _prepare_request(pm, args: argparse.Namespace) -> None:
     """Fill backend defaults, read the input, ask the backend whether it can serve it."""
     backend = args.backend
@@ -108,22 +134,7 @@ def _prepare_request(pm, args: argparse.Namespace) -> None:
     if args.precision is None:
         args.precision = "fp32"
 
-    if not Path(args.input).exists():
-        raise UsageError(
-            f"input {args.input} not found",
-            "pass a FASTA or A3M file, a CSV/TSV file, or a directory of them",
-        )
-    try:
-        model_type, is_complex = colabfold_seam.resolve_model_type(args)
-    except colabfold_seam.BadQuery as exc:
-        where = "" if str(args.input) in str(exc) else f" in {args.input}"
-        raise UsageError(f"{exc}{where}", exc.fix) from exc
-    except (OSError, ValueError, AssertionError) as exc:
-        raise UsageError(
-            f"could not read the input {args.input}: {' '.join(str(exc).split()) or type(exc).__name__}",
-            "check its format (FASTA, A3M, CSV/TSV with id,sequence columns)",
-        ) from exc
-
+    model_type, is_complex = read_input(args)
     _check_results_dir(Path(args.results))
     refusal = pm.hook.af2cpu_check_request(backend=backend, args=args, model_type=model_type, is_complex=is_complex)
     if refusal:
@@ -174,7 +185,11 @@ def batch(argv: Sequence[str], extra_plugins: Iterable[object] = ()) -> int:
     if not names:
         raise UsageError("no backend is registered", "reinstall af2cpu-plugin (pip install -e .)")
 
+    # A full disk fails ColabFold's log.txt handler on every line after: one clear error, not a logging
+    # traceback per line.
+    logging.raiseExceptions = False
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_terminate_as_interrupt())
 
         def on_parsed(args: argparse.Namespace) -> None:
             _prepare_request(pm, args)
@@ -187,6 +202,43 @@ def batch(argv: Sequence[str], extra_plugins: Iterable[object] = ()) -> int:
             on_parsed=on_parsed,
         )
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a cluster scheduler's stop) raised like Ctrl-C, so the same clean-up runs: the
+    seams are restored, a multi-instance run's workers are stopped, finished queries stay done."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` once; later ones are ignored so that the clean-up can finish (a
+    scheduler's SIGKILL after its grace period still ends the process)."""
+
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+RESUME = "finished queries are kept; rerun the same command to resume (ColabFold skips queries with a .done.txt)"
+
+#: errno values that mean "the disk (or the quota, or ulimit -f) is full".
+DISK_FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+             errno.EFBIG: "file too large for the file-size limit (ulimit -f)"}
+
+
+def _disk_full_line(exc: OSError) -> str:
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return f"{DISK_FULL[exc.errno]}{where} — free space or use another results dir; {RESUME}"
 
 
 # ---------------------------------------------------------------------------
@@ -557,9 +609,15 @@ def main(argv: Optional[Sequence[str]] = None, extra_plugins: Iterable[object] =
         return command(argv[1:], extra_plugins)
     except UsageError as exc:
         return _error(exc.line(), exc.exit_code)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stopped = isinstance(exc, Terminated)
+        resume = f"; {RESUME}" if argv[0] == "batch" else ""
+        print(f"{PROG}: {'stopped by SIGTERM' if stopped else 'interrupted'}{resume}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if stopped else signal.SIGINT)
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            return _error(_disk_full_line(exc), 1)
+        raise
     except Exception as exc:
         known = colabfold_seam.known_error_types()
         if known and isinstance(exc, known):

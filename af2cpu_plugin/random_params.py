@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -266,6 +266,16 @@ def _read_table(name: str) -> Dict[str, list]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"no init table for {name} in {INIT_TABLES}: use method 'haiku'") from None
+
+
+def expected_shapes(model_type: str, model_number: int) -> Optional[Dict[str, Tuple[int, ...]]]:
+    """Every array ColabFold's model of this type and number has, with its shape (haiku keys, the fused
+    layout the converter writes), read from the recorded init tables; ``None`` for a model type without
+    one. The converter checks a params file against it, so a file for another model type is refused
+    naming the file, before it is converted or cached."""
+    if model_type not in MODEL_TYPES:
+        return None
+    return {k: tuple(v[0]) for k, v in _read_table(architecture(model_type, int(model_number))).items()}
 
 
 def draw_random_params(model_type: str, model_number: int, seed: int = 0) -> Dict[str, np.ndarray]:

@@ -40,7 +40,7 @@ def load_params(npz_path, log: LogSink = LOG,
              path, Path(npz_path).name)
         path.unlink(missing_ok=True)
     else:
-        raise ConversionError(f"the converted params for {npz_path} fail their checksum right after conversion: "
-                              f"check the disk or memory of this machine ({path})")
+        raise ConversionError(f"the converted params for {npz_path} fail their checksum right after conversion "
+                              f"({path}) — check the disk or memory of this machine")
     check_expected(flat, expected, source=str(Path(npz_path)))
     return flat

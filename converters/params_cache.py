@@ -65,12 +65,12 @@ def find_cached(npz_path, sha256: Optional[str] = None) -> Optional[Path]:
 
 def _stat_or_raise(npz_path: Path) -> None:
     if not npz_path.is_file():
-        raise ConversionError(f"params file {npz_path} not found: {DOWNLOAD_FIX}")
+        raise ConversionError(f"params file {npz_path} not found — {DOWNLOAD_FIX}")
     try:
         with open(npz_path, "rb"):
             pass
     except PermissionError as e:
-        raise ConversionError(f"cannot read params file {npz_path} ({e.strerror}): fix its permissions (chmod a+r)") from None
+        raise ConversionError(f"cannot read params file {npz_path} ({e.strerror}) — fix its permissions (chmod a+r)") from None
 
 
 def ensure_converted(npz_path, log: LogSink = LOG,
@@ -93,7 +93,7 @@ def ensure_converted(npz_path, log: LogSink = LOG,
         except OSError as e:
             raise ConversionError(
                 f"cannot convert {npz_path}: {params_dir} is read-only and the cache dir {cache} cannot be created "
-                f"({e.strerror}); set AF2CPU_CACHE to a writable directory") from None
+                f"({e.strerror}) — set AF2CPU_CACHE to a writable directory") from None
         out = cache / converted_name(npz_path, sha256)
     # One conversion per file however many processes start at once (several `af2cpu batch` runs, or the
     # workers of one, on a shared data dir): the first converts under the lock, the others wait and reuse
@@ -110,7 +110,7 @@ def ensure_converted(npz_path, log: LogSink = LOG,
             convert_npz(npz_path, out, expected=expected, sha256=sha256)
     except PermissionError as e:
         raise ConversionError(
-            f"cannot write {out} ({e.strerror}): set AF2CPU_CACHE to a writable directory") from None
+            f"cannot write {out} ({e.strerror}) — set AF2CPU_CACHE to a writable directory") from None
     emit(log, "converted %s -> %s", npz_path, out)
     return out
 

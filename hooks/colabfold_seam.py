@@ -17,11 +17,13 @@ them. Each seam is a name ColabFold looks up at call time:
   the module that calls it; the wrapper asks
   :func:`~hookspecs.af2cpu_prepare_params`.
 * ``colabfold.batch.write_bibtex`` — see :func:`_record_wrapper`.
+* ``colabfold.batch.relax_me`` and ``predict_structure`` — a failed Amber
+  relax keeps the unrelaxed model (:func:`_guarded_relax`).
 
 The last two model seams are installed only when the backend provides the
 model (:func:`~hookspecs.af2cpu_provides_model`); ``run`` only when some
 plugin has keywords for it. So for ``--backend jax`` (default bf16) the only
-patch is the ``config.json`` record.
+patches are the ``config.json`` record and the relax guard.
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ def resolve_model_type(args: Any) -> Tuple[str, bool]:
     except (AttributeError, TypeError) as exc:  # pandas reads an empty CSV/TSV cell as a float NaN
         raise BadQuery(f"a record of {args.input} has no sequence ({exc})",
                        "give every id a sequence, or drop the record") from exc
+    except IndexError as exc:  # ColabFold's parse_fasta on sequence lines before any '>' line
+        raise BadQuery(f"{args.input} has sequence lines before its first '>name' line",
+                       "start each record with a '>name' line, then its sequence") from exc
     if not queries:
         raise BadQuery(f"{args.input} holds no sequences",
                        "pass a FASTA/A3M file with '>name' lines, each followed by its sequence, "
@@ -166,13 +171,8 @@ def as_usage_error(exc: BaseException) -> UsageError:
         return UsageError(what, fix, 1)
     if name == "ParamsMismatch":
         return UsageError(text, "the params file does not match --model-type; check --data and --model-type", 1)
-    if name == "ConversionError":
-        # Most say what to do after their last ": " (download again, fix permissions, set AF2CPU_CACHE):
-        # a second, generic fix would contradict them.
-        own_fix = any(p in text for p in ("download the AlphaFold2 weights", "chmod", "permissions", "AF2CPU_CACHE",
-                                          "check the disk"))
-        return UsageError(f"could not convert params: {text}",
-                          "" if own_fix else "download the weights again or check --data", 1)
+    if name == "ConversionError":  # one without its own " — fix" (a layout the converter cannot read)
+        return UsageError(f"could not convert params: {text}", "download the weights again or check --data", 1)
     return UsageError(text, exit_code=1)
 
 
@@ -239,6 +239,69 @@ def _record_wrapper(original: Callable, entries: Callable[[], Dict[str, Any]]) -
         return original(*a, **kw)
 
     return write_bibtex
+
+
+# ---------------------------------------------------------------------------
+# Amber relax that fails keeps the unrelaxed model and the run goes on
+# ---------------------------------------------------------------------------
+
+#: First line of a relaxed-PDB slot whose relax failed; the file is removed once ColabFold has renamed it.
+RELAX_FAILED = "REMARK 250 AF2CPU: AMBER RELAX FAILED, COORDINATES NOT RELAXED"
+
+logger = logging.getLogger(__name__)
+
+
+def _guarded_relax(original: Callable) -> Callable:
+    """``relax_me`` that never ends the run.
+
+    ColabFold relaxes the top models inside ``predict_structure``'s ranking
+    loop, between renaming one model's files and the next; OpenMM's
+    "Minimization failed after 100 attempts" (a ValueError, which ``run()``
+    does not catch) would end the whole batch there, with the query's files
+    half renamed. Instead the slot gets the unrelaxed lines behind a
+    :data:`RELAX_FAILED` header, which :func:`_dropping_failed_relaxes`
+    removes once the ranking is done. The header keeps the file honest if
+    the process dies in between.
+    """
+
+    @functools.wraps(original)
+    def relax_me(*a, **kw):
+        try:
+            return original(*a, **kw)
+        except Exception as exc:  # relax is a finishing step: any failure keeps the unrelaxed model
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            lines = kw.get("pdb_lines") or (Path(kw["pdb_filename"]).read_text() if kw.get("pdb_filename") else "")
+            return f"{RELAX_FAILED}\nREMARK 250 {reason[:60]}\n{lines}"
+
+    return relax_me
+
+
+def _dropping_failed_relaxes(original: Callable) -> Callable:
+    """``predict_structure`` that removes the relaxed-PDB slots of models whose relax failed, saying so."""
+
+    @functools.wraps(original)
+    def predict_structure(prefix, *a, **kw):
+        results = original(prefix, *a, **kw)
+        kept = []
+        for path in results["result_files"]:
+            path = Path(path)
+            if "_relaxed_" in path.name and path.suffix == ".pdb" and _relax_failed(path):
+                reason = path.read_text().splitlines()[1][len("REMARK 250 "):].strip()
+                path.unlink()
+                unrelaxed = path.name.replace("_relaxed_", "_unrelaxed_", 1)
+                logger.warning(f"{prefix}: Amber relax failed for {path.stem.split('_relaxed_', 1)[1]} ({reason}); "
+                               f"kept the unrelaxed structure {unrelaxed}")
+                continue
+            kept.append(path)
+        results["result_files"] = kept
+        return results
+
+    return predict_structure
+
+
+def _relax_failed(path: Path) -> bool:
+    with open(path) as handle:
+        return handle.readline().rstrip("\n") == RELAX_FAILED
 
 
 # ---------------------------------------------------------------------------
@@ -452,6 +515,8 @@ def installed(pm: Any, backend: str, args: Any) -> Iterator[None]:
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_patched(batch, "write_bibtex", _record_wrapper(batch.write_bibtex, entries)))
+        stack.enter_context(_patched(batch, "relax_me", _guarded_relax(batch.relax_me)))
+        stack.enter_context(_patched(batch, "predict_structure", _dropping_failed_relaxes(batch.predict_structure)))
 
         run_kwargs = merged(hook.af2cpu_run_kwargs(backend=backend, args=args))
         if run_kwargs:

@@ -363,8 +363,12 @@ def af2cpu_prepare_params(backend, data_dir, model_type, model_number, use_fuse,
             "or make demo weights with `af2cpu random-params --data DIR`",
         )
     from af2cpu_plugin import converters
+    from af2cpu_plugin.random_params import expected_shapes
 
-    return converters.nested(converters.load_params(path, logger.info))
+    # Checked against the model's arrays here, where the file is known: a file for another model type is
+    # refused naming it (and never cached), not later when the runner binds the arrays.
+    expected = expected_shapes(model_type, model_number)
+    return converters.nested(converters.load_params(path, logger.info, expected=expected))
 
 
 @hookimpl

@@ -25,4 +25,6 @@ class UsageError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
-        return f"{self.what} — {self.fix}" if self.fix else self.what
+        # one line even when a message quotes the user's input or a library's multi-line error
+        what, fix = " ".join(self.what.split()), " ".join(self.fix.split())
+        return f"{what} — {fix}" if fix else what

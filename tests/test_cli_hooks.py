@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import offline_workdir
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -112,12 +113,7 @@ def af2cpu_make_runner(backend, config, params):
 @pytest.fixture
 def workdir(tmp_path):
     """A query, a complex, and a data dir whose download marker stops any fetch."""
-    (tmp_path / "query.fasta").write_text(QUERY)
-    (tmp_path / "complex.fasta").write_text(COMPLEX_QUERY)
-    params = tmp_path / "data" / "params"
-    params.mkdir(parents=True)
-    (params / "download_finished.txt").write_text("")
-    return tmp_path
+    return offline_workdir(tmp_path, **{"query.fasta": QUERY, "complex.fasta": COMPLEX_QUERY})
 
 
 def _seams():
@@ -128,6 +124,8 @@ def _seams():
     return {
         "run": batch.run,
         "write_bibtex": batch.write_bibtex,
+        "relax_me": batch.relax_me,
+        "predict_structure": batch.predict_structure,
         "ArgumentParser": batch.ArgumentParser,
         "RunModel": af_model.RunModel,
         "get_model_haiku_params": cf_models.get_model_haiku_params,
@@ -217,7 +215,8 @@ def test_jax_seam_is_identity_and_restored():
         now = _seams()
         for name in ("run", "RunModel", "get_model_haiku_params", "ArgumentParser"):
             assert now[name] is before[name], name
-        assert now["write_bibtex"] is not before["write_bibtex"]  # config.json record only
+        assert now["write_bibtex"] is not before["write_bibtex"]  # the config.json record
+        assert now["relax_me"] is not before["relax_me"]  # and the relax guard, nothing else
     assert _seams() == before
 
 

@@ -11,6 +11,7 @@ import json
 import os
 
 import pytest
+from conftest import offline_workdir
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -28,11 +29,7 @@ QUERY = ">toy\nMKTAYIAKQRQISFVKSHFSRQ\n"
 @pytest.fixture
 def workdir(tmp_path):
     """A query and a data dir whose download marker stops any fetch."""
-    (tmp_path / "query.fasta").write_text(QUERY)
-    params = tmp_path / "data" / "params"
-    params.mkdir(parents=True)
-    (params / "download_finished.txt").write_text("")
-    return tmp_path
+    return offline_workdir(tmp_path, **{"query.fasta": QUERY})
 
 
 def _batch_argv(workdir, *extra):
