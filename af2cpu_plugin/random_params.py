@@ -275,7 +275,9 @@ def expected_shapes(model_type: str, model_number: int) -> Optional[Dict[str, Tu
     naming the file, before it is converted or cached."""
     if model_type not in MODEL_TYPES:
         return None
-    return {k: tuple(v[0]) for k, v in _read_table(architecture(model_type, int(model_number))).items()}
+    from af2cpu_plugin.converters.fuse import fused_shapes  # the tables hold each release's own layout
+
+    return fused_shapes({k: v[0] for k, v in _read_table(architecture(model_type, int(model_number))).items()})
 
 
 def draw_random_params(model_type: str, model_number: int, seed: int = 0) -> Dict[str, np.ndarray]:

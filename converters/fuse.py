@@ -18,7 +18,7 @@ unfused scope raise :class:`ConversionError` naming the arrays.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Mapping, Set
+from typing import Callable, Dict, List, Mapping, Set, Tuple
 
 import numpy as np
 
@@ -55,8 +55,17 @@ def is_unfused(flat: Mapping[str, object]) -> bool:
     return False
 
 
+def _concat_last(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    return np.concatenate([left, right], axis=-1)
+
+
+def _concat_shape(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """What :func:`_concat_last` would make, as a zero-stride view (its shape, nothing allocated)."""
+    return np.broadcast_to(np.float32(0), left.shape[:-1] + (left.shape[-1] + right.shape[-1],))
+
+
 def _fuse_scope(tri: str, flat: Mapping[str, np.ndarray], names: Dict[str, Set[str]], out: Dict[str, np.ndarray],
-                consumed: Set[str]) -> None:
+                consumed: Set[str], concat: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
     """Fuse one unfused triangle multiplication ``tri`` (its subscopes' names in ``names``)."""
     mixed = sorted(f"{tri}/{s}" for s in _FUSED_SUBS if s in names)
     if mixed:
@@ -74,7 +83,7 @@ def _fuse_scope(tri: str, flat: Mapping[str, np.ndarray], names: Dict[str, Set[s
             L, R = np.asarray(flat[lk]), np.asarray(flat[rk])
             if L.shape[:-1] != R.shape[:-1]:
                 raise ConversionError(f"cannot fuse {lk} {L.shape} with {rk} {R.shape}: shapes differ")
-            out[f"{tri}/{pair}//{d}"] = np.concatenate([L, R], axis=-1)
+            out[f"{tri}/{pair}//{d}"] = concat(L, R)
             consumed.update((lk, rk))
     for old, new in _RENAMES.items():
         for d in ("offset", "scale"):
@@ -85,7 +94,9 @@ def _fuse_scope(tri: str, flat: Mapping[str, np.ndarray], names: Dict[str, Set[s
             consumed.add(k)
 
 
-def fuse_triangle_multiplication(flat: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def fuse_triangle_multiplication(flat: Mapping[str, np.ndarray],
+                                 concat: Callable[[np.ndarray, np.ndarray], np.ndarray] = _concat_last
+                                 ) -> Dict[str, np.ndarray]:
     """Flat ``scope//name`` params with every triangle multiplication in the fused layout.
 
     Equal, key for key and array for array, to
@@ -103,7 +114,7 @@ def fuse_triangle_multiplication(flat: Mapping[str, np.ndarray]) -> Dict[str, np
             unfused.setdefault(m.group("tri"), {}).setdefault(m.group("sub"), set()).add(name)
     for tri, names in sorted(unfused.items()):
         if any(s in _UNFUSED_SUBS for s in names):
-            _fuse_scope(tri, flat, names, out, consumed)
+            _fuse_scope(tri, flat, names, out, consumed, concat)
     # Everything else (output_projection, gating_linear, other modules) passes
     # through unchanged; an unfused-layout array left unused is an error.
     for key in flat:
@@ -122,3 +133,9 @@ def fuse_triangle_multiplication(flat: Mapping[str, np.ndarray]) -> Dict[str, np
         shown = ", ".join(leftover[:5]) + (f" (+{len(leftover) - 5} more)" if len(leftover) > 5 else "")
         raise ConversionError(f"{len(leftover)} array(s) not used by the fused layout: {shown}")
     return out
+
+
+def fused_shapes(shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Tuple[int, ...]]:
+    """The shapes :func:`fuse_triangle_multiplication` gives arrays of these shapes (nothing is allocated)."""
+    views = {k: np.broadcast_to(np.float32(0), tuple(s)) for k, s in shapes.items()}
+    return {k: tuple(v.shape) for k, v in fuse_triangle_multiplication(views, concat=_concat_shape).items()}

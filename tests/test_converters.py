@@ -444,3 +444,29 @@ def test_cached_random_files_convert_to_fused_layout(monkeypatch, caplog):
     flat3 = converters.load_params(data_dir / "params" / "params_model_3_ptm.npz", lambda m: None)
     assert len(flat3) == 251  # 267 arrays, 4 triangle multiplications fused (-4 arrays each)
     assert 92.8e6 < sum(t.numel() for t in flat3.values()) < 93.0e6
+
+
+def test_params_for_another_model_are_refused_naming_the_file_and_never_cached(tmp_path, monkeypatch):
+    """model 3's file (no template arrays) given as model 1's: the cpu backend's params hook checks it against
+    model 1's recorded shapes before converting, names the file, and caches nothing."""
+    from af2cpu_plugin.hooks import cpu_backend
+
+    src_dir, _ = _cached_npz("alphafold2_ptm", 3)
+    npz = tmp_path / "params" / "params_model_1_ptm.npz"
+    npz.parent.mkdir()
+    npz.symlink_to(src_dir / "params" / "params_model_3_ptm.npz")
+    monkeypatch.setenv("AF2CPU_CACHE", str(tmp_path / "user-cache"))
+    with pytest.raises(ParamsMismatch) as e:
+        cpu_backend.af2cpu_prepare_params("cpu", str(tmp_path), "alphafold2_ptm", 1, True, None)
+    assert str(e.value).startswith(f"{npz}: params do not fit the model") and "missing" in str(e.value)
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_recorded_shapes_fit_every_random_file_after_conversion():
+    """The shapes the params hook checks against are the converted (fused) layout of each model type."""
+    from af2cpu_plugin.random_params import expected_shapes, params_file_name
+
+    for model_type, n in (("alphafold2_ptm", 1), ("alphafold2_ptm", 3), ("alphafold2_multimer_v3", 1)):
+        data_dir, _ = _cached_npz(model_type, n)
+        loaded = converters.load_params(data_dir / "params" / params_file_name(model_type, n), lambda m: None)
+        assert {k: tuple(v.shape) for k, v in loaded.items()} == expected_shapes(model_type, n)
