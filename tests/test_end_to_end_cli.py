@@ -115,6 +115,7 @@ def test_amber_relax_on_cpu(tmp_path, data_dir, example):
     assert list(out.glob(f"{JOB}_relaxed_rank_001_*.pdb"))
 
 
+@pytest.mark.heavy  # 92 s on a Zen 3; the one-model comparison above stays in the default suite
 def test_five_models_two_seeds_rank_like_jax(tmp_path, data_dir, example):
     extra = ("--num-models", "5", "--num-seeds", "2", "--num-recycle", "0")
     cpu = batch(example, tmp_path / "cpu", data_dir, "cpu", *extra)

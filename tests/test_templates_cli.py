@@ -94,7 +94,7 @@ def warnings(proc: subprocess.CompletedProcess) -> list:
 @pytest.fixture(scope="module")
 def templated_runs(tmp_path_factory, data_dir, query):
     base = tmp_path_factory.mktemp("templated")
-    extra = ("--templates", "--num-models", "2", "--model-order", "1,3")
+    extra = ("--templates", "--num-models", "1", "--model-order", "1")  # model 1 embeds templates; 3 does not
     runs = {}
     for backend in ("cpu", "jax"):
         tpl = template_dir(base / f"templates_{backend}")
@@ -135,8 +135,6 @@ def test_templated_model_1_matches_jax(templated_runs):
     assert max(diffs) <= 0.5, max(diffs)
     pae = [abs(a - b) for ra, rb in zip(c["pae"], j["pae"]) for a, b in zip(ra, rb)]
     assert max(pae) <= 0.5, max(pae)
-    c3, j3 = scores(cpu, 3), scores(jax, 3)  # model_3: no template stack
-    assert abs(c3["ptm"] - j3["ptm"]) <= 0.01
 
 
 # ---------------------------------------------------------------------------
