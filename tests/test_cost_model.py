@@ -69,6 +69,18 @@ def test_estimate_picks_the_cheapest_chunking_that_fits():
         cost_model.seconds_per_pass(cost_model.Workload(300), "fp32", 1, c)
 
 
+def test_monomer_templates_are_counted_where_they_are_the_peak():
+    """With templates the monomer's peak is at least the pair plus the template embedding beside it
+    (K_TEMPLATES, measured); multimer templates are summed one at a time in the trunk's budget."""
+    c = cost_model.DEFAULT
+    plain, templated = cost_model.Workload(3000), cost_model.Workload(3000, templates=4)
+    assert cost_model.peak_rss(templated, 4, c) > cost_model.peak_rss(plain, 4, c)
+    pair = 3000 * 3000 * 128 * 4
+    assert cost_model.peak_rss(templated, 4, c) >= (1.0 + cost_model.K_TEMPLATES) * pair
+    multimer = cost_model.Workload(3000, templates=4, multimer=True)
+    assert cost_model.peak_rss(multimer, 4, c) == cost_model.peak_rss(cost_model.Workload(3000, multimer=True), 4, c)
+
+
 def test_calibration_file_round_trip_and_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv("AF2CPU_CALIBRATION_DIR", str(tmp_path))
     assert cost_model.load("Some CPU", 3) is cost_model.DEFAULT

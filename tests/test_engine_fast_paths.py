@@ -13,11 +13,14 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
+import pytest
 import torch
 
 from af2cpu_plugin.engine.params import bind_params, expected_params
 from af2cpu_plugin.engine.outer_product_mean import _sum_over_sequences
-from af2cpu_plugin.engine.primitives import FP32_K_BLOCK, LOGIT_CLIP, Attention, Linear, mask_to_bias, matmul_2d
+from af2cpu_plugin.engine.policy import RuntimePolicy
+from af2cpu_plugin.engine.primitives import (FP32_K_BLOCK, LOGIT_CLIP, Attention, KeyStream, Linear, mask_to_bias,
+                                             matmul_2d)
 
 
 def _random_params(module, root, seed=0, scale=1.0):
@@ -104,6 +107,30 @@ def test_attention_with_separate_memory():
     with torch.inference_mode():
         ours = att(q_data, m_data, bias)
     ref = _reference_attention(p, q_data, m_data, bias, torch.zeros(h, nq, nk), c // h)
+    torch.testing.assert_close(ours.double(), ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("slice_bytes", [None, 200], ids=["whole", "row-slices"])
+def test_attention_over_streamed_key_blocks(slice_bytes):
+    """KeyStream (the template attention, one template at a time): keys given one block at a time, in any
+    order, with a running softmax give what attending to all of them at once gives, to rounding; with
+    gating, a masked key and logits large enough that a later block raises the running max."""
+    b, nq, c, h = 6, 1, 16, 2
+    att = Attention(c, c, c, h).eval()
+    p = _random_params(att, "attention", seed=4, scale=3.0)
+    bind_params(att, p, root="attention")
+    gen = torch.Generator().manual_seed(2)
+    q_data = 3.0 * torch.randn(b, nq, c, generator=gen)
+    blocks = [3.0 * torch.randn(b, 1, c, generator=gen) for _ in range(3)] + [torch.randn(b, 2, c, generator=gen)]
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
+    bias = mask_to_bias(mask)[None, None, None, :]
+    ref = _reference_attention(p, q_data, torch.cat(blocks, 1), bias, torch.zeros(h, nq, 5), c // h)
+    widths = [0, 1, 2, 3, 5]
+    with torch.inference_mode(), RuntimePolicy(slice_bytes=slice_bytes).active():
+        stream = KeyStream(att, q_data)
+        for i in (3, 0, 2, 1):  # any order
+            stream.add(blocks[i], bias[..., widths[i] : widths[i + 1]])
+        ours = stream.result()
     torch.testing.assert_close(ours.double(), ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
 
 

@@ -62,6 +62,12 @@ GROUPED_FROM = 512
 K_MSA, K_EXTRA = 2.0, 3.0
 #: The recycled pair (float16 [L, L, 128]: half a pair tensor), held through every pass after the first.
 K_PREV = 0.5
+#: The monomer template embedding's peak above the pair it is added to, in fp32 pair tensors:
+#: ``bench/template_memory.py`` on a Zen 3, fp32, 4 groups, 4 templates: 2.55 at 1,000 residues (3.02 at
+#: 600, where fixed costs weigh more). One template's [L, L, 64] stack, its working set and the running
+#: template attention (templates are attended one at a time, never stacked). Where it exceeds the trunk's
+#: ``k_pair`` the templates are the pass's peak.
+K_TEMPLATES = 2.55
 COEFFICIENTS_VERSION = 4
 CACHE_SLACK_BYTES = 256 << 20
 
@@ -213,6 +219,8 @@ def peak_rss(workload: Workload, groups: int, coefficients: Coefficients = DEFAU
     # measured (more groups never hold more), else the most frugal one measured.
     fewer = [g for g in by_group if g <= groups]
     k_pair = by_group[max(fewer)] if fewer else by_group[min(by_group)]
+    if workload.templates and not workload.multimer:
+        k_pair = max(k_pair, 1.0 + K_TEMPLATES)  # the pair, plus the template embedding made beside it
     live = (k_pair + (K_PREV if passes > 1 else 0.0)) * pair + K_MSA * msa + K_EXTRA * extra
     base = coefficients.base_bytes.get(key) or coefficients.base_bytes["fp32"]
     outside = coefficients.k_outside.get(key, 0.0) * pair

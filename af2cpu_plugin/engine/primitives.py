@@ -459,6 +459,78 @@ class Attention(nn.Module):
         return linear_2d(weighted_avg, *self._output_params(dtype)).view(b, nq, -1)
 
 
+class KeyStream:
+    """``attention(q_data, m_data, bias)`` with the keys ``m_data`` (and their ``bias``) given block by block.
+
+    A running softmax, as flash attention runs over key tiles: each query keeps
+    the max and the sum of its logits so far and its weighted values,
+    rescaled when a later block raises the max; all in fp32. So the keys are
+    never held at once. For Suppl. Alg. 17 (TemplatePointwiseAttention) each
+    template's [R*R, 1, c_t] embedding is attended as soon as it is made, then
+    dropped: stacked, 4 templates would hold two pair-sized fp32 tensors more
+    (4.3 GiB at 3,000 residues). The same result to rounding. Queries are
+    projected again for each block (a [q, c] x [c, h*ck] GEMM, small next to
+    what makes a block), in the policy's row slices.
+    """
+
+    def __init__(self, attention: "Attention", q_data: torch.Tensor) -> None:
+        b, nq, _ = q_data.shape
+        h, cv = attention.num_head, attention.value_dim
+        self.attention, self.q_data = attention, q_data
+        self.max = q_data.new_full((b, h, nq, 1), float("-inf"), dtype=torch.float32)
+        self.sum = q_data.new_zeros((b, h, nq, 1), dtype=torch.float32)
+        self.acc = q_data.new_zeros((b, h, nq, cv), dtype=torch.float32)
+
+    def _queries(self, start: int, rows: int) -> torch.Tensor:
+        """Projected queries (pre-scaled) and gates of rows ``start:start+rows``: [r, nq, h*ck (+ h*cv)]."""
+        a, dtype = self.attention, compute_dtype()
+        q_data = self.q_data.narrow(0, start, rows)
+        proj = linear_2d(q_data.reshape(-1, q_data.shape[-1]).to(dtype), *a._projection_params(False, dtype))
+        return proj.view(rows, q_data.shape[1], -1)
+
+    def add(self, m_data: torch.Tensor, bias: torch.Tensor) -> None:
+        """Attend to one block of keys: m_data [b, k, c], bias broadcastable to [b, h, nq, k]."""
+        from .chunking import row_slices  # chunking builds on this module
+
+        a, dtype = self.attention, compute_dtype()
+        h, ck, cv = a.num_head, a.key_dim, a.value_dim
+        nk = m_data.shape[1]
+        for start, rows in row_slices(m_data):
+            nq = self.q_data.shape[1]
+            q = self._queries(start, rows)[..., : h * ck].reshape(rows, nq, h, ck).transpose(1, 2)
+            kv = linear_2d(m_data.narrow(0, start, rows).reshape(rows * nk, -1).to(dtype), a._kv_params(dtype), None)
+            k = kv[:, : h * ck].view(rows, nk, h, ck).transpose(1, 2)
+            v = kv[:, h * ck:].view(rows, nk, h, cv).transpose(1, 2)
+            logits = torch.matmul(q.float(), k.float().transpose(-1, -2))
+            logits += bias.narrow(0, start, rows) if bias.dim() == 4 and bias.shape[0] > 1 else bias
+            top, total, acc = (t.narrow(0, start, rows) for t in (self.max, self.sum, self.acc))
+            new_top = torch.maximum(top, logits.amax(-1, keepdim=True))
+            rescale = torch.exp(top - new_top)  # 0 before the first block (its max is -inf)
+            weights = torch.exp(logits - new_top)
+            total.mul_(rescale).add_(weights.sum(-1, keepdim=True))
+            acc.mul_(rescale).add_(torch.matmul(weights, v.float()))
+            top.copy_(new_top)
+
+    def result(self) -> torch.Tensor:
+        """[b, nq, output_dim], in the region's compute dtype (as :meth:`Attention.forward` returns)."""
+        from .chunking import row_slices
+
+        a, dtype = self.attention, compute_dtype()
+        b, h, nq, cv = self.acc.shape
+        out = None
+        for start, rows in row_slices(self.acc):
+            weighted = self.acc.narrow(0, start, rows) / self.sum.narrow(0, start, rows)  # [r, h, nq, cv]
+            if a.gating:
+                gate = self._queries(start, rows)[..., -h * cv:].reshape(rows, nq, h, cv).transpose(1, 2)
+                weighted = weighted * gate.float().sigmoid()
+            weighted = weighted.transpose(1, 2).reshape(rows * nq, h * cv).to(dtype)
+            y = linear_2d(weighted, *a._output_params(dtype)).view(rows, nq, -1)
+            if out is None:
+                out = y.new_empty((b, nq, y.shape[-1]))
+            out.narrow(0, start, rows).copy_(y)
+        return out
+
+
 def _biased_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, gate: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
