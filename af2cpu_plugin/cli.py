@@ -14,8 +14,8 @@ Subcommands:
   real ones, for demos and tests only.
 
 Mistakes a user can fix end in ONE line on stderr, ``af2cpu: error: <what> —
-<fix>``, and exit status 2 (usage) or 1 (bad files); anything else is a bug
-and keeps its traceback.
+<fix>``, and exit status 2 (usage) or 1 (bad files); ``--debug`` adds the
+traceback above it. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
@@ -583,6 +584,7 @@ commands:
 options:
   -h, --help     show this help and exit
   --version      show the version and exit
+  --debug        (anywhere on the line, or AF2CPU_DEBUG=1) print the traceback above a one-line error
 """
 
 
@@ -592,8 +594,13 @@ def _error(line: str, code: int) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None, extra_plugins: Iterable[object] = ()) -> int:
-    """Run the ``af2cpu`` command; returns the exit status (argparse may raise SystemExit)."""
+    """Run the ``af2cpu`` command; returns the exit status (argparse may raise SystemExit).
+
+    ``--debug`` anywhere on the command line (or ``AF2CPU_DEBUG=1``) prints the traceback above the one-line
+    error, for a bug report."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("AF2CPU_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
@@ -605,24 +612,32 @@ def main(argv: Optional[Sequence[str]] = None, extra_plugins: Iterable[object] =
     command = COMMANDS.get(argv[0])
     if command is None:
         return _error(f"unknown command {argv[0]!r} — use one of: {', '.join(COMMANDS)}", 2)
+
+    def one_line(line: str, code: int) -> int:
+        if debug:  # the traceback behind the one line, for a bug report
+            traceback.print_exc()
+        return _error(line, code)
+
     try:
         return command(argv[1:], extra_plugins)
     except UsageError as exc:
-        return _error(exc.line(), exc.exit_code)
+        return one_line(exc.line(), exc.exit_code)
     except KeyboardInterrupt as exc:
+        if debug:
+            traceback.print_exc()
         stopped = isinstance(exc, Terminated)
         resume = f"; {RESUME}" if argv[0] == "batch" else ""
         print(f"{PROG}: {'stopped by SIGTERM' if stopped else 'interrupted'}{resume}", file=sys.stderr)
         return 128 + (signal.SIGTERM if stopped else signal.SIGINT)
     except OSError as exc:
         if exc.errno in DISK_FULL:
-            return _error(_disk_full_line(exc), 1)
+            return one_line(_disk_full_line(exc), 1)
         raise
     except Exception as exc:
         known = colabfold_seam.known_error_types()
         if known and isinstance(exc, known):
             tidy = colabfold_seam.as_usage_error(exc)
-            return _error(tidy.line(), tidy.exit_code)
+            return one_line(tidy.line(), tidy.exit_code)
         raise
 
 

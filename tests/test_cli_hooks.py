@@ -471,6 +471,15 @@ def test_bad_sequences_are_one_line(workdir, name, text, expected):
     assert not (workdir / "out").exists()
 
 
+def test_debug_shows_the_traceback_above_the_one_line(workdir):
+    (workdir / "stop.fasta").write_text(">job1\nMKTAYIAK*QRQ\n")
+    quiet = _run_cli(_batch_argv(workdir, "--backend", "cpu", query="stop.fasta"))
+    loud = _run_cli(_batch_argv(workdir, "--backend", "cpu", "--debug", query="stop.fasta"))
+    assert quiet.returncode == loud.returncode == 2
+    assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr and "BadQuery" in loud.stderr
+    assert loud.stderr.strip().splitlines()[-1] == quiet.stderr.strip().splitlines()[-1]
+
+
 def test_rare_letters_are_accepted_as_colabfold_does(workdir):
     """B, J, O, U and Z (ColabFold reads them as X) and lower case pass the input check."""
     from af2cpu_plugin.hooks import colabfold_seam
