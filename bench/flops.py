@@ -96,10 +96,14 @@ class MatmulFlops(TorchDispatchMode):
 
 
 def gemm_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> float:
-    """GFLOP/s of the oneDNN GEMM the engine uses, [n, n] x [n, n], on this process's threads."""
+    """GFLOP/s of the GEMM the engine uses, [n, n] x [n, n], on this process's threads: oneDNN's, or in bf16
+    on a CPU where oneDNN has no bf16 inner product (no AVX-512: a Zen 3) PyTorch's, what the engine falls back to
+    (``primitives._ONEDNN_DTYPES``)."""
+    from af2cpu_plugin.engine.primitives import linear_2d
+
     x = torch.randn(n, n).to(dtype)
     w = torch.randn(n, n).to(dtype)
-    run = lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")  # noqa: E731
+    run = lambda: linear_2d(x, w, None)  # noqa: E731
     run()
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or reps < 3:
