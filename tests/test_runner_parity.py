@@ -29,7 +29,9 @@ def case():
     a3m = (DATA / "msa_62aa_6seqs.a3m").read_text()
     cfg = parity.colabfold_config("model_3_ptm", msa_depth=parity.msa_depth(a3m), **REDUCED)
     feat = parity.processed_features(cfg, a3m)
-    flat = parity.random_params_for_config(cfg, feat, seed=0)
+    # Seed 3: the first draw whose PAE varies at this depth (draws 0-2 saturate the PAE head, which
+    # test_random_params_give_informative_confidence refuses: such weights would hide bugs).
+    flat = parity.random_params_for_config(cfg, feat, seed=3)
     return cfg, feat, flat
 
 

@@ -85,14 +85,14 @@ AF2CPU_AVX512 inline void store_logits(const __m512 (&acc)[R][V], int64_t j, int
 // with R a compile-time constant (the last group's size is dispatched by switch).
 template <int MaxRows, typename F>
 inline void for_row_groups(int64_t nq, F&& f) {
-  static_assert(MaxRows == 4 || MaxRows == 8);
+  static_assert(MaxRows == 6 || MaxRows == 8);
   int64_t i0 = 0;
   for (; i0 + MaxRows <= nq; i0 += MaxRows) f.template rows<MaxRows>(i0);
   switch (nq - i0) {
     case 7: if constexpr (MaxRows > 7) f.template rows<7>(i0); break;
     case 6: if constexpr (MaxRows > 6) f.template rows<6>(i0); break;
-    case 5: if constexpr (MaxRows > 5) f.template rows<5>(i0); break;
-    case 4: if constexpr (MaxRows > 4) f.template rows<4>(i0); break;
+    case 5: f.template rows<5>(i0); break;
+    case 4: f.template rows<4>(i0); break;
     case 3: f.template rows<3>(i0); break;
     case 2: f.template rows<2>(i0); break;
     case 1: f.template rows<1>(i0); break;
@@ -327,9 +327,16 @@ struct Fp32Task : TaskBase<float> {
 
 // --------------------------------------------------------- fp32, AVX2 ----
 // For CPUs without AVX-512 (AMD Zen 3 and older, many Intel client parts):
-// 8 lanes and 16 vector registers, so 4 query rows at a time. Keys packed
-// transposed, [D][nk16]; values read in place, half a head (16 channels) per
-// pass so that the accumulators stay in registers.
+// 8 lanes and 16 vector registers. Both products use the 6 x 16 register
+// tile of the classic AVX2 GEMM micro-kernel (6 query rows x 2 vectors: 12
+// accumulators, 2 loads and 6 broadcasts per step), which hides the FMA
+// latency that a 4-row tile (8 accumulators) left exposed. Keys and values
+// are packed once per task into panels of 16 read front to back
+// (keys [nk16/16][D][16], values [D/16][nk][16]): the key layout of the
+// other paths ([D][nk16]) walked 32 rows 832 bytes apart per step, which
+// the prefetcher followed badly once keys and values outgrew L1. On 2 Zen 3
+// cores this took a 200-residue triangle attention slice from about 42 to
+// about 50 GFLOP/s and a 400-residue one from 44 to 57 (bench/attention.py).
 
 AF2CPU_AVX2 inline float hmax_avx2(__m256 x) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
@@ -350,17 +357,56 @@ AF2CPU_AVX2 inline __m256i lanes_below(int64_t left) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// Rows src[0..8) x 8 floats (row stride src_row) written as columns: dst[c * dst_row + j] = src[j * src_row + c].
+AF2CPU_AVX2 inline void transpose_8x8(const float* src, int64_t src_row, float* dst, int64_t dst_row) {
+  __m256 r[8], t[8];
+  for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(src + j * src_row);
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+  }
+  for (int h = 0; h < 8; h += 4) {  // h = 0: rows 0-3, h = 4: rows 4-7
+    r[h + 0] = _mm256_shuffle_ps(t[h + 0], t[h + 2], 0x44);
+    r[h + 1] = _mm256_shuffle_ps(t[h + 0], t[h + 2], 0xEE);
+    r[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);
+    r[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    _mm256_storeu_ps(dst + c * dst_row, _mm256_permute2f128_ps(r[c], r[c + 4], 0x20));
+    _mm256_storeu_ps(dst + (c + 4) * dst_row, _mm256_permute2f128_ps(r[c], r[c + 4], 0x31));
+  }
+}
+
 template <int D>
 struct Avx2Task : TaskBase<float> {
-  static constexpr int kMaxRows = 4;
+  static constexpr int kMaxRows = 6;
+  static constexpr int kPanel = 16;  // keys per key panel, channels per value panel
 
-  void pack(const float* k, int64_t k_row, const float* v_, int64_t v_row_) {
-    pack_fp32(*this, D, kMaxRows, k, k_row, v_, v_row_);
+  // Key j, channel c of the packed keys.
+  static int64_t key_at(int c, int64_t j) { return j / kPanel * (kPanel * D) + c * kPanel + j % kPanel; }
+
+  AF2CPU_AVX2 void pack(const float* k, int64_t k_row, const float* v_, int64_t v_row_) {
+    sc->keys.resize(nk16 * D);
+    sc->values.resize(nk * D);
+    sc->logits.resize(kMaxRows * nk16);
+    float* keys = reinterpret_cast<float*>(sc->keys.data());
+    int64_t j = 0;
+    for (; j + 8 <= nk; j += 8)
+      for (int c0 = 0; c0 < D; c0 += 8) transpose_8x8(k + j * k_row + c0, k_row, keys + key_at(c0, j), kPanel);
+    for (; j < nk16; ++j)  // the last few keys, and zeros up to the panel's end
+      for (int c = 0; c < D; ++c) keys[key_at(c, j)] = j < nk ? k[j * k_row + c] : 0.0f;
+    float* values = reinterpret_cast<float*>(sc->values.data());
+    for (int h0 = 0; h0 < D; h0 += kPanel)
+      for (int64_t jj = 0; jj < nk; ++jj) {
+        _mm256_storeu_ps(values + h0 * nk + jj * kPanel, _mm256_loadu_ps(v_ + jj * v_row_ + h0));
+        _mm256_storeu_ps(values + h0 * nk + jj * kPanel + 8, _mm256_loadu_ps(v_ + jj * v_row_ + h0 + 8));
+      }
   }
 
   template <int R>
   AF2CPU_AVX2 void rows(int64_t i0) {
     const float* keys = reinterpret_cast<const float*>(sc->keys.data());
+    const float* values = reinterpret_cast<const float*>(sc->values.data());
     float* logits = sc->logits.data();
     const float* qrow[R];
     for (int r = 0; r < R; ++r) qrow[r] = q + (i0 + r) * q_row;
@@ -368,22 +414,29 @@ struct Avx2Task : TaskBase<float> {
     const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     __m256 row_max[R];
     for (int r = 0; r < R; ++r) row_max[r] = neg_inf;
-    for (int64_t j = 0; j < nk16; j += 16) {
+    for (int64_t j = 0; j < nk16; j += kPanel) {
+      const float* panel = keys + j * D;
       __m256 acc[R][2];
+#pragma GCC unroll 6
       for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
       for (int c = 0; c < D; ++c) {
-        const __m256 k0 = _mm256_loadu_ps(keys + c * nk16 + j);
-        const __m256 k1 = _mm256_loadu_ps(keys + c * nk16 + j + 8);
-#pragma GCC unroll 4
+        const __m256 k0 = _mm256_loadu_ps(panel + c * kPanel);
+        const __m256 k1 = _mm256_loadu_ps(panel + c * kPanel + 8);
+#pragma GCC unroll 6
         for (int r = 0; r < R; ++r) {
           const __m256 qb = _mm256_broadcast_ss(qrow[r] + c);
           acc[r][0] = _mm256_fmadd_ps(qb, k0, acc[r][0]);
           acc[r][1] = _mm256_fmadd_ps(qb, k1, acc[r][1]);
         }
       }
+      // Every loop over r and u is unrolled: an accumulator indexed at run
+      // time would keep the whole tile in memory (GCC then stored all 12
+      // accumulators to the stack on every step of the loop above).
+#pragma GCC unroll 2
       for (int u = 0; u < 2; ++u) {
         const int64_t jj = j + 8 * u;
         if (jj + 8 <= nk) {
+#pragma GCC unroll 6
           for (int r = 0; r < R; ++r) {
             const __m256 x = _mm256_add_ps(acc[r][u], _mm256_loadu_ps(brow + r * bias_row + jj));
             _mm256_storeu_ps(logits + r * nk16 + jj, x);
@@ -391,6 +444,7 @@ struct Avx2Task : TaskBase<float> {
           }
         } else {
           const __m256i m = lanes_below(nk - jj);
+#pragma GCC unroll 6
           for (int r = 0; r < R; ++r) {
             const __m256 b = jj < nk ? _mm256_maskload_ps(brow + r * bias_row + jj, m) : _mm256_setzero_ps();
             const __m256 x = _mm256_blendv_ps(neg_inf, _mm256_add_ps(acc[r][u], b), _mm256_castsi256_ps(m));
@@ -413,19 +467,22 @@ struct Avx2Task : TaskBase<float> {
       }
       inv_sum[r] = 1.0f / hsum_avx2(sum);
     }
-    for (int h0 = 0; h0 < D; h0 += 16) {
+    for (int h0 = 0; h0 < D; h0 += kPanel) {
+      const float* panel = values + h0 * nk;
       __m256 acc[R][2];
+#pragma GCC unroll 6
       for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
       for (int64_t jj = 0; jj < nk; ++jj) {
-        const __m256 v0 = _mm256_loadu_ps(v + jj * v_row + h0);
-        const __m256 v1 = _mm256_loadu_ps(v + jj * v_row + h0 + 8);
-#pragma GCC unroll 4
+        const __m256 v0 = _mm256_loadu_ps(panel + jj * kPanel);
+        const __m256 v1 = _mm256_loadu_ps(panel + jj * kPanel + 8);
+#pragma GCC unroll 6
         for (int r = 0; r < R; ++r) {
           const __m256 pb = _mm256_broadcast_ss(logits + r * nk16 + jj);
           acc[r][0] = _mm256_fmadd_ps(pb, v0, acc[r][0]);
           acc[r][1] = _mm256_fmadd_ps(pb, v1, acc[r][1]);
         }
       }
+#pragma GCC unroll 6
       for (int r = 0; r < R; ++r) {
         const __m256 scale = _mm256_set1_ps(inv_sum[r]);
         __m256 o0 = _mm256_mul_ps(acc[r][0], scale), o1 = _mm256_mul_ps(acc[r][1], scale);

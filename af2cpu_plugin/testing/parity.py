@@ -9,7 +9,6 @@ same processed features.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -18,9 +17,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
 
-from ..engine.params import flatten, nested
-from ..random_params import perturb_constant_arrays, save_npz_atomically
-from .params_cache import test_cache_root
+from ..engine.params import nested
 
 
 def colabfold_config(model_name: str = "model_3_ptm", num_recycle: int = 1, *, evoformer_blocks: Optional[int] = None,
@@ -177,38 +174,51 @@ def custom_template_features(query_sequence: str, template_dir, work_dir) -> lis
     return templates
 
 
-def random_params_for_config(cfg, feat: Dict[str, np.ndarray], seed: int = 0) -> Dict[str, np.ndarray]:
-    """Haiku init (zero_init=False) of ColabFold's monomer model for ``cfg`` + noise; cached on disk.
-
-    Keys are flat ``scope//name`` in the fused triangle-multiplication layout
-    (the config's ``fuse_projection_weights``).
-    """
-    import jax
-    from alphafold.model import model as af_model
-
-    key = hashlib.sha256((cfg.to_json_best_effort(sort_keys=True) + f"|seed={seed}|v2").encode()).hexdigest()[:20]
-    path = test_cache_root() / "configs" / f"params-{key}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    init_cfg = copy.deepcopy(cfg)
-    init_cfg.model.global_config.zero_init = False
-    # Real params files hold every monomer head; ColabFold only zeroes their weights to skip them.
-    for head in ("distogram", "masked_msa", "experimentally_resolved"):
-        init_cfg.model.heads[head].weight = 1.0
-    runner = af_model.RunModel(init_cfg, None)
+def _architecture_of(cfg) -> Tuple[str, int]:
+    """The released model type and number whose array shapes ``cfg`` has (at full depth): multimer
+    models share theirs (v3's fused layout is what this module hands out for every model); monomer
+    models differ only by the template embedding (models 1-2) and the pTM head."""
     if is_multimer(cfg):
-        # the multimer AlphaFold needs the recycled inputs to trace (ColabFold's fork has no default)
-        from ..runner import zero_prev
+        return "alphafold2_multimer_v3", 1
+    ptm = float(cfg.model.heads.predicted_aligned_error.weight) > 0
+    templates = bool(cfg.model.embeddings_and_evoformer.template.enabled)
+    return ("alphafold2_ptm" if ptm else "alphafold2"), (1 if templates else 3)
 
-        one_pass = {**feat, "prev": zero_prev(feat["aatype"].shape[0])}
-    else:
-        one_pass = jax.tree_util.tree_map(lambda x: x[:1], feat)
-    runner.init_params(one_pass, random_seed=seed)
-    flat = perturb_constant_arrays({k: np.asarray(v) for k, v in flatten(runner.params).items()}, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_npz_atomically(path, flat)
-    return flat
+
+def _stack_depths(cfg) -> Dict[str, int]:
+    """Scope fragment of each haiku layer stack -> the number of layers ``cfg`` asks for."""
+    evo = cfg.model.embeddings_and_evoformer
+    template_blocks = int(evo.template.template_pair_stack.num_block)
+    return {
+        "/evoformer_iteration/": int(evo.evoformer_num_block),
+        "/extra_msa_stack/": int(evo.extra_msa_stack_num_block),
+        "/template_pair_stack/__layer_stack_no_state/": template_blocks,  # monomer
+        "/template_embedding_iteration/": template_blocks,  # multimer
+    }
+
+
+def random_params_for_config(cfg, feat: Optional[Dict[str, np.ndarray]] = None, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Random weights for ``cfg`` (any depth): flat ``scope//name`` arrays in the fused
+    triangle-multiplication layout (the config's ``fuse_projection_weights``).
+
+    Drawn from haiku's recorded init of the full model (:func:`random_params.draw_random_params`:
+    its shapes, distributions and scales, in well under a second), fused as ColabFold fuses them,
+    and each layer stack cut to the config's depth. A reduced-depth config used to be initialised
+    by tracing haiku's init, which took one to two minutes per config on a cold test cache.
+    ``feat`` is not needed; it is accepted for the callers written against that version.
+    """
+    from ..converters.fuse import fuse_triangle_multiplication
+    from ..random_params import draw_random_params
+
+    model_type, model_number = _architecture_of(cfg)
+    flat = fuse_triangle_multiplication(draw_random_params(model_type, model_number, seed))
+    depths = _stack_depths(cfg)
+    out: Dict[str, np.ndarray] = {}
+    for key, array in flat.items():
+        scope = key.split("//")[0] + "/"
+        depth = next((n for fragment, n in depths.items() if fragment in scope), None)
+        out[key] = array if depth is None else np.ascontiguousarray(array[:depth])
+    return out
 
 
 def run_jax(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0) -> Tuple[Dict[str, Any], int]:
