@@ -1,6 +1,7 @@
 """The cpu runner against ColabFold's JAX runner (the oracle), at reduced depth.
 
-Same random params (haiku init, zero_init=False, noise on constant arrays),
+Same random params (drawn from haiku's recorded init, zero_init=False, noise on constant arrays;
+``parity.random_params_for_config``),
 same processed features from ColabFold's own pipeline, JAX in fp32.
 """
 

@@ -212,9 +212,10 @@ def can_channel_bmm(a: torch.Tensor) -> bool:
 
     In bf16 ``torch.bmm`` is oneDNN's already, and faster. On a Zen 5 a
     channel's oneDNN GEMM per thread is 1.5-2.3x ``torch.bmm`` (MKL) at 177-400
-    residues; with oneDNN held to AVX2 on the same CPU (``ONEDNN_MAX_CPU_ISA=AVX2``,
-    a stand-in until a Zen 3 is measured) it was 0.66-1.05x, so AVX2-only CPUs
-    (and ``AF2CPU_FORCE_AVX2=1``) keep ``torch.bmm``.
+    residues. On a real Zen 3 (AVX2 only, 2 threads, 128 channels) it was 0.70-1.0x
+    ``torch.bmm`` outgoing and 0.51-0.64x incoming at 130-400 residues (MKL's AVX2
+    path is oneDNN's equal there, and the incoming form's copies are not free), so
+    AVX2-only CPUs (and ``AF2CPU_FORCE_AVX2=1``) keep ``torch.bmm``.
     """
     from af2cpu_plugin.cpu import cpu_info
 
