@@ -32,7 +32,7 @@ def case():
     feat = parity.processed_features(cfg, a3m)
     # Seed 3: the first draw whose PAE varies at this depth (draws 0-2 saturate the PAE head, which
     # test_random_params_give_informative_confidence refuses: such weights would hide bugs).
-    flat = parity.random_params_for_config(cfg, feat, seed=3)
+    flat = parity.random_params_for_config(cfg, seed=3)
     return cfg, feat, flat
 
 
@@ -165,7 +165,7 @@ def test_complex_with_ptm_model_masks_relpos_by_chain():
     cfg = parity.colabfold_config("model_3_ptm", msa_depth=1, **REDUCED)
     feat = parity.processed_features(cfg, "MKTAYIAKQRQISFVKSHFSRQ:GSHMLEDPVDAFQ")
     assert len(set(feat["asym_id"][0])) == 2
-    flat = parity.random_params_for_config(cfg, feat, seed=1)
+    flat = parity.random_params_for_config(cfg, seed=1)
     history = []
     jax_ret, cpu_ret = parity.run_both_fp32(cfg, flat, feat, history=history)
     # One pass agrees to rounding. The recycled pass of this random-weight complex amplifies rounding in JAX

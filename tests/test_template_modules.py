@@ -258,7 +258,7 @@ def template_case(tmp_path_factory, structure):
     feat = parity.processed_features(cfg, query, templates=templates)
     assert feat["template_mask"][0].sum() >= 1
     assert feat["template_pseudo_beta_mask"][0].sum() > 0
-    flat = parity.random_params_for_config(cfg, feat, seed=0)
+    flat = parity.random_params_for_config(cfg, seed=0)
     return cfg, feat, flat
 
 

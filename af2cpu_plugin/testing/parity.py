@@ -197,7 +197,7 @@ def _stack_depths(cfg) -> Dict[str, int]:
     }
 
 
-def random_params_for_config(cfg, feat: Optional[Dict[str, np.ndarray]] = None, seed: int = 0) -> Dict[str, np.ndarray]:
+def random_params_for_config(cfg, seed: int = 0) -> Dict[str, np.ndarray]:
     """Random weights for ``cfg`` (any depth): flat ``scope//name`` arrays in the fused
     triangle-multiplication layout (the config's ``fuse_projection_weights``).
 
@@ -205,7 +205,6 @@ def random_params_for_config(cfg, feat: Optional[Dict[str, np.ndarray]] = None, 
     its shapes, distributions and scales, in well under a second), fused as ColabFold fuses them,
     and each layer stack cut to the config's depth. A reduced-depth config used to be initialised
     by tracing haiku's init, which took one to two minutes per config on a cold test cache.
-    ``feat`` is not needed; it is accepted for the callers written against that version.
     """
     from ..converters.fuse import fuse_triangle_multiplication
     from ..random_params import draw_random_params
