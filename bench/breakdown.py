@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--slice-mib", type=float, default=None,
                     help="RuntimePolicy.slice_bytes in MiB for an A/B (0: no slicing); default: the policy's")
     ap.add_argument("--quick", action="store_true", help="warm pass time only (no module or kernel tables)")
+    ap.add_argument("--shapes", action="store_true",
+                    help="kernel table split by input shape (which GEMM shapes the time goes to)")
     ap.add_argument("--data", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -126,10 +128,11 @@ def main(argv=None) -> int:
 
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         one_pass()
     print()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
+    print(prof.key_averages(group_by_input_shape=args.shapes).table(sort_by="self_cpu_time_total",
+                                                                    row_limit=args.ops))
     return 0
 
 

@@ -23,13 +23,14 @@ from bench.flops import MatmulFlops  # noqa: E402  (the benchmarks' dispatch-mod
 GIB = 1 << 30
 
 
+@pytest.mark.parametrize("S", [6, 64], ids=["shallow", "deep"])  # the outer product mean's two orders
 @pytest.mark.parametrize("extra", [False, True], ids=["main", "extra"])
-def test_block_flops_match_the_counted_products(extra):
+def test_block_flops_match_the_counted_products(extra, S):
     """The analytic count of a block's matmul work is within 5% of the products the engine runs."""
     from alphafold.model import config
 
     cfg = config.model_config("model_3_ptm").model.embeddings_and_evoformer.evoformer  # AF2's own widths
-    L, S = 40, 6
+    L = 40
     c_m = flops.C_E if extra else flops.C_M
     block = EvoformerIteration(cfg, c_m, flops.C_Z, is_extra_msa=extra).eval()
     gen = torch.Generator().manual_seed(0)

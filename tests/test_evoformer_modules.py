@@ -170,9 +170,15 @@ def test_triangle_multiplication(scope):
 
 
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
-def test_outer_product_mean(padded):
+@pytest.mark.parametrize("n_seq", [1, N_SEQ, 9], ids=["one_sequence", "shallow", "deep"])
+def test_outer_product_mean(padded, n_seq):
+    """Shallow MSAs (here up to 7 sequences at these widths) project through output_w first, deeper ones
+    sum the outer products first, as haiku does; both match haiku in fp32."""
     cfg, gc = evoformer_config(), fp32_global_config()
-    msa, _, msa_mask, _ = make_inputs()
+    msa, _, msa_mask, _ = make_inputs(n_seq=n_seq)
+    if n_seq == 1:
+        msa_mask[0] = 1.0
+        msa_mask[0, -2:] = 0.0  # the one sequence present, padded residues still padded
     if not padded:  # all ones: the engine skips the mask product
         msa_mask = np.ones_like(msa_mask)
     scope = "outer_product_mean"
@@ -183,6 +189,17 @@ def test_outer_product_mean(padded):
     flat, ref = haiku_reference(build, msa, msa_mask)
     out = run_torch(OuterProductMean(cfg.outer_product_mean, C_M, C_Z), flat, scope, msa, msa_mask)
     check(scope, out, ref)
+
+
+def test_outer_product_mean_order_rule():
+    """Projected first only where it is fewer multiply-adds and its temporary stays under 256 MiB."""
+    from af2cpu_plugin.engine.outer_product_mean import projects_first
+
+    assert projects_first(1, 200, 32, 128) and projects_first(42, 200, 32, 128)
+    assert not projects_first(43, 200, 32, 128)  # haiku's order is cheaper from 43 sequences
+    assert projects_first(1, 16384, 32, 128) and not projects_first(1, 16385, 32, 128)
+    assert projects_first(8, 2048, 32, 128) and not projects_first(8, 2049, 32, 128)
+    assert projects_first(8, 4096, 32, 128, itemsize=2)  # bf16's temporary is half the size
 
 
 # --------------------------------------------------------------------------- whole blocks

@@ -180,3 +180,14 @@ def test_complex_with_ptm_model_masks_relpos_by_chain():
         assert mx <= bar, f"{name}: max |Δ| {mx:.3g} (mean {mean:.3g}), JAX's 1-ulp floor {floor[name][0]:.3g}"
     assert "iptm" in cpu_ret
     assert abs(float(cpu_ret["iptm"]) - float(jax_ret["iptm"])) < 1e-4
+
+
+def test_seeded_one_ulp_nudge_moves_each_element_at_most_one_ulp():
+    """bench/parity.py's extra floor samples: each element one ulp up, down or unchanged, the same per seed."""
+    x = np.linspace(-3.0, 3.0, 1000, dtype=np.float32).reshape(10, 100)
+    a = parity.perturbed_by_one_ulp({"msa_feat": x}, "msa_feat", 0.0, seed=4)["msa_feat"]
+    up, down = np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(-np.inf))
+    assert a.dtype == np.float32 and np.all((a == x) | (a == up) | (a == down))
+    assert (a == up).sum() > 250 and (a == down).sum() > 250 and (a == x).sum() > 250
+    np.testing.assert_array_equal(a, parity.perturbed_by_one_ulp({"msa_feat": x}, "msa_feat", 0.0, seed=4)["msa_feat"])
+    assert not np.array_equal(a, parity.perturbed_by_one_ulp({"msa_feat": x}, "msa_feat", 0.0, seed=5)["msa_feat"])

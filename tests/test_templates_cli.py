@@ -9,6 +9,9 @@ its first 60 residues, so hhsearch finds it. Only agreement between
 
 Bad input (empty dir, garbage mmCIF, a garbage file beside a good one) must
 not crash: af2cpu's pre-flight warns and runs without (those) templates.
+Those runs test af2cpu's and ColabFold's template handling, not the network,
+so they use the instant stand-in model (:mod:`af2cpu_plugin.testing.instant_backend`):
+the same CLI, pre-flight, hhsearch and outputs, no minute of compute each.
 """
 
 from __future__ import annotations
@@ -63,15 +66,18 @@ def template_dir(base: Path, good: bool = True, garbage: bool = False) -> Path:
     return base
 
 
-def af2cpu(*args: str) -> subprocess.CompletedProcess:
+def af2cpu(*args: str, module: str = "af2cpu_plugin") -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "af2cpu_plugin", "batch", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, "batch", *args], capture_output=True, text=True,
                           env=env, timeout=1800)
 
 
 def batch(query: Path, out: Path, data: Path, backend: str, *extra: str, check: bool = True):
-    proc = af2cpu("--backend", backend, "--precision", "fp32", "--msa-mode", "single_sequence", "--data", str(data),
-                  "--num-recycle", "0", *extra, str(query), str(out))
+    # the instant stand-in registers its backend name only when started through its own module
+    module = "af2cpu_plugin.testing.instant_backend" if backend == "instant" else "af2cpu_plugin"
+    precision = () if backend == "instant" else ("--precision", "fp32")
+    proc = af2cpu("--backend", backend, *precision, "--msa-mode", "single_sequence", "--data", str(data),
+                  "--num-recycle", "0", *extra, str(query), str(out), module=module)
     if check and proc.returncode != 0:
         raise AssertionError(f"af2cpu batch ({backend}) exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
@@ -153,7 +159,7 @@ def bad_input_runs(tmp_path_factory, data_dir, query):
     runs = {}
     for name, tpl in cases.items():
         out = base / name
-        proc = batch(query, out, data_dir, "cpu", "--templates", "--num-models", "1", "--model-order", "1",
+        proc = batch(query, out, data_dir, "instant", "--templates", "--num-models", "1", "--model-order", "1",
                      "--custom-template-path", str(tpl), check=False)
         runs[name] = (tpl, out, proc)
     return runs

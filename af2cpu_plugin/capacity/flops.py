@@ -9,6 +9,8 @@ per-pair-element term.
 
 from __future__ import annotations
 
+from typing import Optional
+
 # AlphaFold2's widths (model config): MSA, pair, extra-MSA and template channels.
 C_M, C_Z, C_E, C_T = 256, 128, 64, 64
 OPM = 32  # outer product mean's projection width
@@ -31,8 +33,26 @@ def msa_block_flops(L: int, S: int, c: int, att_dim: int, global_column: bool) -
     else:
         column = 2 * S * L * c * 5 * att_dim + 4 * L * S * S * att_dim
     transition = 2 * 2 * S * L * c * 4 * c
-    opm = 2 * 2 * S * L * c * OPM + 2 * L * L * S * OPM * OPM + 2 * L * L * OPM * OPM * C_Z
-    return row + column + transition + opm
+    return row + column + transition + opm_flops(L, S, c)
+
+
+def opm_flops(L: int, S: int, c: int, projected_first: Optional[bool] = None) -> float:
+    """The outer product mean in the order the engine picks (``projected_first`` None), or the one given
+    (False: haiku's order, which JAX runs)."""
+    if projected_first is None:
+        from af2cpu_plugin.engine.outer_product_mean import projects_first  # the engine's own choice
+
+        projected_first = projects_first(S, L, OPM, C_Z)  # as in fp32 (bf16 projects first up to 2x longer)
+    opm = 2 * 2 * S * L * c * OPM  # left and right projections
+    if projected_first:  # right rows through output_w, then one contraction with the left
+        return opm + 2 * S * L * OPM * OPM * C_Z + 2 * L * L * S * OPM * C_Z
+    return opm + 2 * L * L * S * OPM * OPM + 2 * L * L * OPM * OPM * C_Z  # summed over sequences, then output_w
+
+
+def haiku_order_extra_flops(L: int, S: int = 1, E: int = 1) -> float:
+    """How much more matmul work a pass does in haiku's order of the outer product mean than the engine's."""
+    return (MAIN_BLOCKS * (opm_flops(L, S, C_M, False) - opm_flops(L, S, C_M))
+            + EXTRA_BLOCKS * (opm_flops(L, E, C_E, False) - opm_flops(L, E, C_E)))
 
 
 def main_block_flops(L: int, S: int) -> float:

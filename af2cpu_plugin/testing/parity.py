@@ -236,10 +236,20 @@ def run_cpu(cfg, flat: Dict[str, np.ndarray], feat, seed: int = 0, policy=None) 
     return runner.predict(feat, random_seed=seed)
 
 
-def perturbed_by_one_ulp(feat: Dict[str, np.ndarray], key: str, direction: float) -> Dict[str, np.ndarray]:
-    """``feat`` with ``feat[key]`` moved one float32 ulp towards ``direction`` (±inf): the noise-floor input."""
+def perturbed_by_one_ulp(feat: Dict[str, np.ndarray], key: str, direction: float,
+                         seed: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """``feat`` with ``feat[key]`` moved one float32 ulp towards ``direction`` (±inf): the noise-floor input.
+
+    With ``seed``, each element instead moves one ulp up, one ulp down or not at all, drawn independently:
+    another change of the same size, so a floor can be sampled more than the three fixed nudges allow."""
     out = dict(feat)
-    out[key] = np.nextafter(feat[key], np.float32(direction)).astype(np.float32)
+    x = np.asarray(feat[key], np.float32)
+    if seed is None:
+        out[key] = np.nextafter(x, np.float32(direction)).astype(np.float32)
+        return out
+    step = np.random.default_rng(seed).integers(-1, 2, size=x.shape)
+    up, down = np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(-np.inf))
+    out[key] = np.where(step > 0, up, np.where(step < 0, down, x)).astype(np.float32)
     return out
 
 
