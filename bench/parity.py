@@ -87,9 +87,10 @@ def template_features(query: str):
 # chaotic system is itself noisy, so the floor is the largest of three; with
 # --floor-samples N, N - 3 more draws move each msa_feat element one ulp up,
 # down or not at all (perturbed_by_one_ulp's seed), and the report also gives
-# the median and where cpu-vs-JAX ranks among the N samples. The cpu engine
-# also runs on each nudged input against JAX on the same input: N samples of
-# cpu-vs-JAX beside N of JAX-vs-JAX, since one chaotic final pass is one draw.
+# the median and where cpu-vs-JAX ranks among the N samples. With N > 3 (monomer
+# cases) the cpu engine also runs on each nudged input against JAX on the same
+# input: N samples of cpu-vs-JAX beside N of JAX-vs-JAX, since one chaotic final
+# pass is one draw.
 PERTURBATIONS = {
     "msa_feat +1 ulp": ("msa_feat", np.inf),
     "msa_feat -1 ulp": ("msa_feat", -np.inf),
@@ -158,6 +159,8 @@ def main(argv=None) -> int:
                          "more samples tell chaos from a real difference when cpu-vs-JAX lands near the floor")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
+    if args.floor_samples < len(PERTURBATIONS):
+        ap.error(f"--floor-samples takes {len(PERTURBATIONS)} or more (the fixed nudges come first)")
     if args.pair_storage == "bf16" and args.precision != "bf16":
         ap.error("--pair-storage bf16 needs --precision bf16")
     if args.seeds != [0] and (args.precision != "bf16" or args.case not in (*MULTIMER_CASES, "multimer")):
