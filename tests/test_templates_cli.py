@@ -75,8 +75,7 @@ def af2cpu(*args: str, module: str = "af2cpu_plugin") -> subprocess.CompletedPro
 def batch(query: Path, out: Path, data: Path, backend: str, *extra: str, check: bool = True):
     # the instant stand-in registers its backend name only when started through its own module
     module = "af2cpu_plugin.testing.instant_backend" if backend == "instant" else "af2cpu_plugin"
-    precision = () if backend == "instant" else ("--precision", "fp32")
-    proc = af2cpu("--backend", backend, *precision, "--msa-mode", "single_sequence", "--data", str(data),
+    proc = af2cpu("--backend", backend, "--precision", "fp32", "--msa-mode", "single_sequence", "--data", str(data),
                   "--num-recycle", "0", *extra, str(query), str(out), module=module)
     if check and proc.returncode != 0:
         raise AssertionError(f"af2cpu batch ({backend}) exited {proc.returncode}:\n{proc.stderr[-3000:]}")
