@@ -239,6 +239,59 @@ def test_gated_rows_matches_the_three_passes(dtype, with_mask, rows, positions):
         assert err <= err_stock + 1e-6, (err, err_stock)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "channel_major"])
+@pytest.mark.parametrize("shape", [(7, 9, 128), (3, 5, 8), (20, 21, 64)])
+def test_fp32_layer_norm_reads_any_layout(layout, shape):
+    """The fp32 LayerNorms (strided rows, channel-major columns with a tail of positions) against PyTorch's on the
+    contiguous copy: a few fp32 ulps of the output's scale."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    c = shape[-1]
+    w, b = torch.randn(c, generator=gen), torch.randn(c, generator=gen)
+    x = torch.randn(*shape, generator=gen) * 3 + 1
+    if layout == "transposed":
+        x = x.transpose(0, 1)
+    if layout == "channel_major":
+        cm = x.movedim(-1, 0).contiguous()
+        ours = kernels.layer_norm_channel_major_fp32(cm, w, b, 1e-5)
+    else:
+        ours = kernels.layer_norm_fp32(x, w, b, 1e-5)
+    ref = F.layer_norm(x.contiguous(), (c,), w, b, 1e-5)
+    assert ours.shape == ref.shape and ours.is_contiguous() and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=0, atol=16 * 2 ** -23 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("rows, channels", [(1000, 128), (3, 8), (257, 64)])
+def test_gated_add_matches_the_passes_it_replaces(rows, channels):
+    """stream += x * sigmoid(gate) in one pass, on a strided stream and gate (views of wider tensors): within a
+    couple of fp32 ulps of the float64 answer, and the primitive's GEMMs give the fused path's answer."""
+    from af2cpu_plugin.engine import primitives
+
+    gen = torch.Generator().manual_seed(rows)
+    base = torch.randn(rows, channels + 8, generator=gen)
+    stream = base[:, :channels]
+    x = torch.randn(rows, channels, generator=gen) * 3
+    gate = (torch.randn(rows, 2 * channels, generator=gen) * 6)[:, channels:]
+    exact = stream.double() + x.double() * torch.sigmoid(gate.double())
+    expected_tail = base[:, channels:].clone()
+    out = kernels.gated_add_(stream, x, gate)
+    assert out.data_ptr() == stream.data_ptr()
+    assert ((stream.double() - exact).abs() <= 4 * 2 ** -23 * (exact.abs() + x.double().abs()) + 1e-30).all()
+    assert torch.equal(base[:, channels:], expected_tail)  # nothing outside the view is written
+
+    update, gating = primitives.Linear(channels, channels), primitives.Linear(channels, channels)
+    for lin in (update, gating):
+        for p in lin.parameters():
+            p.data.normal_(generator=gen)
+    acts = torch.randn(rows, channels, generator=gen)
+    results = {}
+    for name in ("native", "stock"):
+        s = base[:, :channels].clone()
+        with torch.no_grad(), RuntimePolicy(kernels=name, precision="fp32").active():
+            primitives.gated_residual_add_(s, update, acts, gating, acts)
+        results[name] = s
+    torch.testing.assert_close(results["native"], results["stock"], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not BF16_OK, reason="no avx512_bf16")
 @pytest.mark.parametrize("transposed", [False, True])
 def test_layer_norm_to_bf16_reads_a_bf16_pair(transposed):

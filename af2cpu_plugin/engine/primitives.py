@@ -236,6 +236,23 @@ def clear_derived(model: nn.Module) -> None:
         module.__dict__.pop("_derived_cache", None)
 
 
+def gated_residual_add_(stream: torch.Tensor, update: "Linear", x: torch.Tensor, gate: "Linear",
+                        gate_x: torch.Tensor) -> torch.Tensor:
+    """``stream += update(x) * sigmoid(gate(gate_x))``: a gated output added to its residual stream.
+
+    ``stream`` is [M, C] (rows may be strided); ``x`` and ``gate_x`` are [M, ·]. In fp32 both GEMMs are plain and
+    the native kernel applies the gate and adds in one pass: oneDNN's sigmoid and binary-mul post-ops slow its
+    AVX2 GEMM down more than that pass costs. Elsewhere (bf16, stock or IPEX kernels) the gate and the product
+    are the GEMMs' post-ops.
+    """
+    if compute_dtype() == torch.float32 and current_policy().kernels == "native" and stream.dtype == torch.float32:
+        g, y = gate(gate_x), update(x)
+        if kernels.can_gated_add(stream, y, g):
+            return kernels.gated_add_(stream, y, g)
+        return stream.add_(y.mul_(g.sigmoid_()))
+    return residual_add_(stream, update.forward_mul(x, gate.forward_sigmoid(gate_x)))
+
+
 class Linear(nn.Module):
     """``y = x·W + b`` over the last ``num_input_dims`` axes (common_modules.Linear)."""
 
@@ -321,6 +338,8 @@ class LayerNorm(nn.Module):
         if dtype == torch.bfloat16 and current_policy().kernels == "native":
             if kernels.can_layer_norm_to_bf16(x):  # fp32 stream in, bf16 out: one pass, no fp32 temporary
                 return kernels.layer_norm_to_bf16(x, self.scale, self.offset, self.eps)
+        elif dtype == torch.float32 and current_policy().kernels == "native" and kernels.can_layer_norm_fp32(x):
+            return kernels.layer_norm_fp32(x, self.scale, self.offset, self.eps)  # strided views without a copy
         # torch's CPU kernel accumulates bf16 input in fp32 (mixed-type layer norm).
         y = nn.functional.layer_norm(x, (self.num_channel,), self.scale, self.offset, self.eps)
         return y.to(dtype)
@@ -328,13 +347,15 @@ class LayerNorm(nn.Module):
     def forward_channel_major(self, x: torch.Tensor) -> torch.Tensor:
         """``self(x.movedim(0, -1))`` for channel-major ``x`` [C, ...]: the result is [..., C].
 
-        The native kernel normalises bf16 input in place of the permuted copy
-        (the triangle multiplication's products, in bf16); fp32 keeps
-        PyTorch's LayerNorm on the copy, the parity reference.
+        The native kernels normalise the channel rows where they lie, in place of the permuted copy (the
+        triangle multiplication's products).
         """
-        if compute_dtype() == torch.bfloat16 and current_policy().kernels == "native":
-            if kernels.can_layer_norm_channel_major(x):
+        if current_policy().kernels == "native":
+            dtype = compute_dtype()
+            if dtype == torch.bfloat16 and kernels.can_layer_norm_channel_major(x):
                 return kernels.layer_norm_channel_major_to_bf16(x, self.scale, self.offset, self.eps)
+            if dtype == torch.float32 and kernels.can_layer_norm_channel_major_fp32(x):
+                return kernels.layer_norm_channel_major_fp32(x, self.scale, self.offset, self.eps)
         return self(x.movedim(0, -1))
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from .chunking import row_slices
 from .policy import compute_dtype, current_policy
-from .primitives import LayerNorm, Linear, channel_products, derived, gated_rows_, linear_2d, residual_add_
+from .primitives import LayerNorm, Linear, channel_products, derived, gated_residual_add_, gated_rows_, linear_2d
 
 _OUTGOING = "ikc,jkc->ijc"
 _INCOMING = "kjc,kic->ijc"
@@ -86,21 +86,31 @@ class TriangleMultiplication(nn.Module):
 
     def add_update_(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
         """``pair_act += self(pair_act, pair_mask)`` (a residual update); in groups under the policy."""
-        groups = current_policy().channel_groups or 1
-        if groups == 1 or self.num_intermediate_channel % groups:
-            return residual_add_(pair_act, self(pair_act, pair_mask))
-        tri = self._grouped_products(pair_act, pair_mask, groups)
+        return self._update(pair_act, pair_mask, into=pair_act)
+
+    def forward(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        """pair_act [R, R, c_z], pair_mask [R, R] -> update [R, R, c_z]."""
+        return self._update(pair_act, pair_mask, into=torch.zeros_like(pair_act))
+
+    def _update(self, pair_act: torch.Tensor, pair_mask: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
+        """``into += update`` (``into`` may be ``pair_act`` itself: its rows are overwritten only once the
+        products are complete)."""
         n0, n1, cz = pair_act.shape
         ci = self.num_intermediate_channel
-        # The products are complete: rows of the pair may now be overwritten.
+        groups = current_policy().channel_groups or 1
+        if groups == 1 or ci % groups:
+            act = self.left_norm_input(pair_act).reshape(n0 * n1, cz)
+            out = self.center_norm.forward_channel_major(self._products(act, pair_mask))  # [c, i, j] -> [i, j, c]
+            gated_residual_add_(into.view(n0 * n1, cz), self.output_projection, out.reshape(n0 * n1, ci),
+                                self.gating_linear, act)
+            return into
+        tri = self._grouped_products(pair_act, pair_mask, groups)
         for start, rows in row_slices(pair_act):
-            stream = pair_act.narrow(0, start, rows)
-            act = self.left_norm_input(stream).reshape(rows * n1, cz)
+            act = self.left_norm_input(pair_act.narrow(0, start, rows)).reshape(rows * n1, cz)
             out = self.center_norm.forward_channel_major(tri.narrow(1, start, rows).contiguous())
-            gate_out = self.gating_linear.forward_sigmoid(act)
-            residual_add_(stream, self.output_projection.forward_mul(out.reshape(rows * n1, ci), gate_out)
-                          .reshape(rows, n1, cz))
-        return pair_act
+            gated_residual_add_(into.narrow(0, start, rows).view(rows * n1, cz), self.output_projection,
+                                out.reshape(rows * n1, ci), self.gating_linear, act)
+        return into
 
     def _grouped_products(self, pair_act: torch.Tensor, pair_mask: torch.Tensor, groups: int) -> torch.Tensor:
         """The triangle products [c, N, N], ``groups`` channel groups at a time."""
@@ -129,25 +139,15 @@ class TriangleMultiplication(nn.Module):
             del products
         return tri
 
-    def forward(self, pair_act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
-        """pair_act [R, R, c_z], pair_mask [R, R] -> update [R, R, c_z]."""
-        n0, n1, cz = pair_act.shape
+    def _products(self, act: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        """The triangle products [c, N, N] from the whole normalised pair ``act`` [N*N, c_z]."""
+        n0, n1 = pair_mask.shape
         ci = self.num_intermediate_channel
-        act = self.left_norm_input(pair_act).reshape(n0 * n1, cz)
-        mask = self._mask_rows(pair_mask)
-
         # Channel-major [4c, N*N] (projection rows, then gate rows) so that the
         # triangle contraction below is a bmm over channels: W·actᵀ is the
         # GEMM linear_2d computes with the roles of input and weight swapped
         # (so the bias runs along rows and is added with the gate, in one pass).
         weight_t, bias = self._projection_params(act.dtype)[0]
-        proj_gate = linear_2d(weight_t, act, None)
-        proj = gated_rows_(proj_gate, bias, mask)  # (proj + b) * mask * sigmoid(gate + b_g), as haiku
-        left = proj[:ci].reshape(ci, n0, n1)
-        right = proj[ci:].reshape(ci, n0, n1)
-        tri = self._contract(left, right)
-        del proj_gate, proj, left, right
-
-        out = self.center_norm.forward_channel_major(tri)  # [c, i, j] -> normalised [i, j, c]
-        gate_out = self.gating_linear.forward_sigmoid(act)
-        return self.output_projection.forward_mul(out, gate_out).reshape(n0, n1, cz)
+        proj = gated_rows_(linear_2d(weight_t, act, None), bias, self._mask_rows(pair_mask))
+        # (proj + b) * mask * sigmoid(gate + b_g), as haiku
+        return self._contract(proj[:ci].reshape(ci, n0, n1), proj[ci:].reshape(ci, n0, n1))

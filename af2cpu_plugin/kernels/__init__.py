@@ -8,7 +8,8 @@ at run time), faster than PyTorch's CPU flash attention on the same inputs
 followed by a cast, and from channel-major bf16 (the triangle
 multiplication's centre LayerNorm, without the permuted copy); and memory-bound passes fused into one
 (``pointwise.cpp``: the triangle multiplication's bias, mask and sigmoid gate;
-the bf16 trunk's residual update into its fp32 stream); and the triangle
+the bf16 trunk's residual update into its fp32 stream; the fp32 gated output added
+into the pair); and the triangle
 multiplication's fp32 products as one oneDNN GEMM per channel per thread
 (``channel_bmm.cpp``); and a caching allocator for torch's large CPU blocks
 (``block_cache.cpp``, installed by :mod:`af2cpu_plugin.malloc`). C++ with intrinsics, compiled
@@ -175,6 +176,32 @@ def layer_norm_channel_major_to_bf16(x: torch.Tensor, weight: torch.Tensor, bias
     return y.view(*rest, x.shape[0])
 
 
+def can_layer_norm_fp32(x: torch.Tensor) -> bool:
+    """Whether :func:`layer_norm_fp32` takes ``x``: fp32, channels a multiple of 8, an AVX2 (or better) CPU."""
+    return x.dtype == torch.float32 and x.dim() >= 1 and x.shape[-1] % 8 == 0 and cpu_supports(torch.float32) \
+        and status()[0]
+
+
+def layer_norm_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the last axis of fp32 ``x`` (contiguous result). A 3-D ``x`` with unit stride along the
+    channels (a transposed pair) is read where it lies, without the contiguous copy PyTorch's kernel needs."""
+    return _ops().layer_norm_fp32(x, weight, bias, eps)
+
+
+def can_layer_norm_channel_major_fp32(x: torch.Tensor) -> bool:
+    """Whether :func:`layer_norm_channel_major_fp32` takes ``x``: contiguous fp32 [C, ...], C a multiple of 8."""
+    return (x.dtype == torch.float32 and x.dim() >= 2 and x.is_contiguous() and x.shape[0] % 8 == 0
+            and cpu_supports(torch.float32) and status()[0])
+
+
+def layer_norm_channel_major_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                                  eps: float) -> torch.Tensor:
+    """LayerNorm over axis 0 of channel-major fp32 ``x`` [C, ...]: [..., C], without the permuted copy."""
+    rest = x.shape[1:]
+    y = _ops().layer_norm_channel_major_fp32(x.reshape(x.shape[0], -1), weight, bias, eps)
+    return y.view(*rest, x.shape[0])
+
+
 def can_gate_rows(x: torch.Tensor) -> bool:
     """Whether :func:`gated_rows_` takes ``x``: contiguous [2n, P], fp32 (AVX2) or bf16 (avx512_bf16)."""
     return (x.dim() == 2 and x.is_contiguous() and x.shape[0] % 2 == 0 and x.dtype in (torch.float32, torch.bfloat16)
@@ -205,6 +232,18 @@ def add_into_(acc: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     """``acc += update``: an fp32 stream and a bf16 update without an fp32 copy of the update, or a bf16 stream
     (the bf16 trunk's pair), summed in fp32 and rounded once."""
     return _ops().add_into_(acc, update)
+
+
+def can_gated_add(acc: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> bool:
+    """Whether :func:`gated_add_` takes these: fp32, 2-D, one shape, unit stride last, a multiple of 8 wide."""
+    return (all(t.dtype == torch.float32 and t.dim() == 2 and t.shape == acc.shape and t.stride(-1) == 1
+                for t in (acc, x, gate))
+            and acc.shape[-1] % 8 == 0 and cpu_supports(torch.float32) and status()[0])
+
+
+def gated_add_(acc: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``acc += x * sigmoid(gate)`` in one pass (fp32; any row strides)."""
+    return _ops().gated_add_(acc, x, gate)
 
 
 def can_channel_bmm(a: torch.Tensor) -> bool:

@@ -345,13 +345,6 @@ AF2CPU_AVX2 inline float hmax_avx2(__m256 x) {
   return _mm_cvtss_f32(m);
 }
 
-AF2CPU_AVX2 inline float hsum_avx2(__m256 x) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // Lanes [0, left) of an 8-lane vector, as an integer mask for maskload and blendv.
 AF2CPU_AVX2 inline __m256i lanes_below(int64_t left) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

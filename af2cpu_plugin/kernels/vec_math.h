@@ -85,6 +85,13 @@ AF2CPU_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+AF2CPU_AVX2 inline float hsum_avx2(__m256 x) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 AF2CPU_AVX2 inline __m256 sigmoid_avx2(__m256 x) {  // as sigmoid() above
   const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
   const __m256 z = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_setzero_ps(), ax));
