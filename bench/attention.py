@@ -12,7 +12,6 @@ what the engine hands the kernel (``RuntimePolicy.slice_bytes``):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -42,18 +41,15 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from bench.timing import median_seconds, pin
+    from bench.timing import median_seconds, start_kernel_bench, write_json
 
-    cpus = pin(a.threads)
+    started = start_kernel_bench(a.threads)
+    if started is None:
+        return 1
+    info, cpus = started
     from af2cpu_plugin import kernels
-    from af2cpu_plugin.cpu import cpu_info
     from bench.flops import gemm_peak
 
-    info = cpu_info()
-    usable, why = kernels.status()
-    print(f"CPU: {info.describe()}\ntorch {torch.__version__}; {len(cpus)} threads; {why}")
-    if not usable:
-        return 1
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     rows = []
     for prec in a.precision.split(","):
@@ -77,10 +73,7 @@ def main(argv=None) -> int:
                          "native_s": native, "speedup": sdpa / native, "native_gflops": gflops, "gemm_peak": peak})
             print(f"| {name} {(b, h, nq, nk, d)} | {sdpa * 1e3:.2f} | {native * 1e3:.2f} | {sdpa / native:.2f}x "
                   f"| {gflops:.0f} ({gflops / peak:.0%}) |", flush=True)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"cpu": info.describe(), "threads": len(cpus), "results": rows}, indent=2))
-    os.replace(tmp, a.out)
+    write_json(a.out, {"cpu": info.describe(), "threads": len(cpus), "results": rows})
     return 0
 
 

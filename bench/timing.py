@@ -1,4 +1,4 @@
-"""What the kernel benchmarks (``attention.py``, ``products.py``) share: pinning and a median time."""
+"""What the kernel benchmarks (``attention.py``, ``products.py``, ``fp32_passes.py``) share: pinning, a median time, a JSON record."""
 
 from __future__ import annotations
 
@@ -28,3 +28,28 @@ def median_seconds(fn: Callable[[], object], repeats: int, min_seconds: float = 
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def start_kernel_bench(threads: int):
+    """Pin to ``threads`` CPUs and print the CPU, torch and whether the native kernels run; returns
+    (cpu info, pinned CPUs), or None (after saying why) when the kernels cannot run here."""
+    import torch
+
+    cpus = pin(threads)
+    from af2cpu_plugin import kernels
+    from af2cpu_plugin.cpu import cpu_info
+
+    info = cpu_info()
+    usable, why = kernels.status()
+    print(f"CPU: {info.describe()}\ntorch {torch.__version__}; {len(cpus)} threads; {why}")
+    return (info, cpus) if usable else None
+
+
+def write_json(path, payload) -> None:
+    """``payload`` as JSON at ``path``, written atomically (a temporary, then a rename)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
