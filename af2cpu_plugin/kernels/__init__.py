@@ -6,7 +6,9 @@ at run time), faster than PyTorch's CPU flash attention on the same inputs
 (``bench/attention.py``); LayerNorm from fp32 rows straight to bf16
 (``layer_norm.cpp``), the bf16 trunk's one-pass replacement for layer_norm
 followed by a cast, and from channel-major bf16 (the triangle
-multiplication's centre LayerNorm, without the permuted copy); and memory-bound passes fused into one
+multiplication's centre LayerNorm, without the permuted copy), and in fp32
+from strided rows (a transposed pair) and channel-major input without
+PyTorch's contiguous copy; and memory-bound passes fused into one
 (``pointwise.cpp``: the triangle multiplication's bias, mask and sigmoid gate;
 the bf16 trunk's residual update into its fp32 stream; the fp32 gated output added
 into the pair); and the triangle
