@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
         def fused_post_ops():
             gate = linear(x, g, bg, "sigmoid", [], "")
-            pair.add_(torch.ops.mkldnn._linear_pointwise.binary(x, gate, w, b, "mul"))
+            pair.add_(linear.binary(x, gate, w, b, "mul"))
 
         def plain_and_gated_add():
             gate, update = linear(x, g, bg, "none", [], ""), linear(x, w, b, "none", [], "")

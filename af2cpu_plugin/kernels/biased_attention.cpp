@@ -345,29 +345,12 @@ AF2CPU_AVX2 inline float hmax_avx2(__m256 x) {
   return _mm_cvtss_f32(m);
 }
 
-// Lanes [0, left) of an 8-lane vector, as an integer mask for maskload and blendv.
-AF2CPU_AVX2 inline __m256i lanes_below(int64_t left) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 // Rows src[0..8) x 8 floats (row stride src_row) written as columns: dst[c * dst_row + j] = src[j * src_row + c].
 AF2CPU_AVX2 inline void transpose_8x8(const float* src, int64_t src_row, float* dst, int64_t dst_row) {
-  __m256 r[8], t[8];
+  __m256 r[8];
   for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(src + j * src_row);
-  for (int j = 0; j < 8; j += 2) {
-    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
-    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
-  }
-  for (int h = 0; h < 8; h += 4) {  // h = 0: rows 0-3, h = 4: rows 4-7
-    r[h + 0] = _mm256_shuffle_ps(t[h + 0], t[h + 2], 0x44);
-    r[h + 1] = _mm256_shuffle_ps(t[h + 0], t[h + 2], 0xEE);
-    r[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);
-    r[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    _mm256_storeu_ps(dst + c * dst_row, _mm256_permute2f128_ps(r[c], r[c + 4], 0x20));
-    _mm256_storeu_ps(dst + (c + 4) * dst_row, _mm256_permute2f128_ps(r[c], r[c + 4], 0x31));
-  }
+  transpose8(r);
+  for (int c = 0; c < 8; ++c) _mm256_storeu_ps(dst + c * dst_row, r[c]);
 }
 
 template <int D>

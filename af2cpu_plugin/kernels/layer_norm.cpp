@@ -232,26 +232,6 @@ at::Tensor layer_norm_fp32(const at::Tensor& x_in, const at::Tensor& weight, con
   return y;
 }
 
-// r[k] (8 lanes) -> r[k] holding lane k of every input, in order (an 8 x 8 transpose).
-AF2CPU_AVX2 inline void transpose8(__m256 (&r)[8]) {
-  __m256 t[8];
-  for (int j = 0; j < 8; j += 2) {
-    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
-    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
-  }
-  __m256 u[8];
-  for (int h = 0; h < 8; h += 4) {
-    u[h + 0] = _mm256_shuffle_ps(t[h + 0], t[h + 2], 0x44);
-    u[h + 1] = _mm256_shuffle_ps(t[h + 0], t[h + 2], 0xEE);
-    u[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);
-    u[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);
-  }
-  for (int k = 0; k < 4; ++k) {
-    r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
-    r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
-  }
-}
-
 // 8 consecutive floats, or the first n (zeros past them; nothing past them is read).
 AF2CPU_AVX2 inline __m256 load_first(const float* p, int64_t n, __m256i m) {
   return n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
@@ -264,7 +244,7 @@ AF2CPU_AVX2 void normalize_columns_fp32(const float* x, int64_t p_total, int64_t
   const float inv_c = 1.0f / float(c);
   for (; p0 < p1; p0 += 8) {
     const int64_t n = std::min<int64_t>(8, p1 - p0);
-    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i m = lanes_below(n);
     const float* col = x + p0;
     __m256 sum = _mm256_setzero_ps();
     for (int64_t k = 0; k < c; ++k) sum = _mm256_add_ps(sum, load_first(col + k * p_total, n, m));

@@ -7,6 +7,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cpu_features.h"
@@ -90,6 +91,31 @@ AF2CPU_AVX2 inline float hsum_avx2(__m256 x) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+// Lanes [0, left) of an 8-lane vector, as an integer mask for maskload and blendv.
+AF2CPU_AVX2 inline __m256i lanes_below(int64_t left) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// r[k] (8 lanes) -> r[k] holding lane k of every input, in order (an 8 x 8 transpose).
+AF2CPU_AVX2 inline void transpose8(__m256 (&r)[8]) {
+  __m256 t[8];
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+  }
+  __m256 u[8];
+  for (int h = 0; h < 8; h += 4) {
+    u[h + 0] = _mm256_shuffle_ps(t[h + 0], t[h + 2], 0x44);
+    u[h + 1] = _mm256_shuffle_ps(t[h + 0], t[h + 2], 0xEE);
+    u[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);
+    u[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+    r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+  }
 }
 
 AF2CPU_AVX2 inline __m256 sigmoid_avx2(__m256 x) {  // as sigmoid() above
