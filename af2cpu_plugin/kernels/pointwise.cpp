@@ -16,9 +16,9 @@
 //
 // gated_add_: the fp32 triangle multiplication's output, stream += update *
 // sigmoid(gate), with update and gate from plain GEMMs. oneDNN's sigmoid and
-// binary-mul post-ops made its AVX2 GEMM at [10,000, 128] x [128, 128] 1.4-1.9x
-// slower on a Zen 3: two plain GEMMs and this one pass cost less than the two
-// fused GEMMs and the residual add.
+// binary-mul post-ops slow its AVX2 GEMM: on a Zen 3, two plain GEMMs and this
+// one pass ran 1.2-1.6x faster than the two fused GEMMs and the residual
+// add (bench/fp32_passes.py, 100 and 200 residues).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
