@@ -299,6 +299,20 @@ def _dropping_failed_relaxes(original: Callable) -> Callable:
     return predict_structure
 
 
+def _unpadded(original: Callable) -> Callable:
+    """``predict_structure`` that runs each query at its own length: ColabFold's ``pad_len`` (its recompile
+    padding, which only spares XLA a compilation) set to 0, for a backend that compiles nothing. The results
+    are the padded run's to rounding: the padded residues are masked out everywhere, and ColabFold crops
+    them from every output."""
+
+    @functools.wraps(original)
+    def predict_structure(prefix, *a, **kw):
+        kw["pad_len"] = 0
+        return original(prefix, *a, **kw)
+
+    return predict_structure
+
+
 def _relax_failed(path: Path) -> bool:
     with open(path) as handle:
         return handle.readline().rstrip("\n") == RELAX_FAILED
@@ -441,9 +455,10 @@ def _memoized(original: Callable) -> Callable:
     return get_msa_and_templates
 
 
-def _two_pass_run(original_run: Callable, orchestrator: Any) -> Callable:
+def _two_pass_run(original_run: Callable, orchestrator: Any, unpadded: bool = False) -> Callable:
     """``run()`` for a multi-instance batch: plan every prediction, start them, then ColabFold's run() again
-    writing each query's outputs as its predictions come back."""
+    writing each query's outputs as its predictions come back. ``unpadded``: plan each query at its own
+    length, as the write pass's ``predict_structure`` (:func:`_unpadded`) will make its inputs."""
     from colabfold import batch
 
     @functools.wraps(original_run)
@@ -457,7 +472,8 @@ def _two_pass_run(original_run: Callable, orchestrator: Any) -> Callable:
             orchestrator.prestart()
             with contextlib.ExitStack() as stack:
                 stack.enter_context(_patched(batch, "get_msa_and_templates", _memoized(batch.get_msa_and_templates)))
-                with _patched(batch, "predict_structure", _planning_predict_structure(orchestrator, data_dir)):
+                planning = _planning_predict_structure(orchestrator, data_dir)
+                with _patched(batch, "predict_structure", _unpadded(planning) if unpadded else planning):
                     cf_logger.addFilter(drop)
                     try:
                         original_run(*a, **kw)
@@ -517,6 +533,9 @@ def installed(pm: Any, backend: str, args: Any) -> Iterator[None]:
         stack.enter_context(_patched(batch, "write_bibtex", _record_wrapper(batch.write_bibtex, entries)))
         stack.enter_context(_patched(batch, "relax_me", _guarded_relax(batch.relax_me)))
         stack.enter_context(_patched(batch, "predict_structure", _dropping_failed_relaxes(batch.predict_structure)))
+        unpadded = hook.af2cpu_pads_lengths(backend=backend) is False
+        if unpadded:
+            stack.enter_context(_patched(batch, "predict_structure", _unpadded(batch.predict_structure)))
 
         run_kwargs = merged(hook.af2cpu_run_kwargs(backend=backend, args=args))
         if run_kwargs:
@@ -531,7 +550,7 @@ def installed(pm: Any, backend: str, args: Any) -> Iterator[None]:
 
         orchestrator = hook.af2cpu_multi_instance(backend=backend, args=args)
         if orchestrator is not None:
-            stack.enter_context(_patched(batch, "run", _two_pass_run(batch.run, orchestrator)))
+            stack.enter_context(_patched(batch, "run", _two_pass_run(batch.run, orchestrator, unpadded)))
 
         if hook.af2cpu_provides_model(backend=backend):
             original_run_model = af_model.RunModel

@@ -142,6 +142,26 @@ def af2cpu_run_kwargs(backend: str, args: Any) -> Optional[Dict[str, Any]]:
 
 
 @hookspec(firstresult=True)
+def af2cpu_pads_lengths(backend: str) -> Optional[bool]:
+    """Say whether the backend wants ColabFold's length padding.
+
+    ColabFold pads each monomer query ``--recompile-padding`` residues past
+    its length, and a query shorter than one before it up to that one's
+    padded length, so that XLA compiles one program for several lengths.
+    A backend that compiles nothing only pays for the padded residues (the
+    pair work grows with the square of the length) and answers ``False``:
+    the seam then hands ``predict_structure`` a ``pad_len`` of 0, and every
+    query runs at its own length. ``True`` or no answer leaves ColabFold's
+    padding as it is.
+
+    firstresult: the first non-``None`` answer wins.
+
+    :param backend: the selected backend.
+    :return: ``True``, ``False`` or ``None``.
+    """
+
+
+@hookspec(firstresult=True)
 def af2cpu_provides_model(backend: str) -> Optional[bool]:
     """Say whether the backend supplies ColabFold's model (runner and params).
 

@@ -265,6 +265,26 @@ def test_cpu_seam_patches_model_and_restores():
     assert _seams() == before
 
 
+@pytest.mark.parametrize("backend, expected", [("cpu", 0), ("jax", 110)])
+def test_cpu_runs_each_query_at_its_own_length(monkeypatch, backend, expected):
+    """ColabFold pads a query to a longer length so that XLA compiles once for several; the eager cpu engine
+    would only pay for the padded residues, so its predict_structure gets pad_len 0. JAX keeps the padding."""
+    from colabfold import batch
+
+    seen = []
+
+    def predict_structure(prefix, result_dir, feature_dict, **kw):
+        seen.append(kw["pad_len"])
+        return {"result_files": []}
+
+    monkeypatch.setattr(batch, "predict_structure", predict_structure)
+    args = argparse.Namespace(precision="fp32", threads=1, subbatch_size=None, use_fast_kernels=False)
+    with colabfold_seam.installed(get_plugin_manager(), backend, args):
+        batch.predict_structure("len100", "out", {}, pad_len=110, sequences_lengths=[100])
+    assert seen == [expected]
+    assert batch.predict_structure is predict_structure  # restored
+
+
 def test_seam_restores_on_error():
     pm = get_plugin_manager()
     before = _seams()
