@@ -301,9 +301,9 @@ def _dropping_failed_relaxes(original: Callable) -> Callable:
 
 def _unpadded(original: Callable) -> Callable:
     """``predict_structure`` that runs each query at its own length: ColabFold's ``pad_len`` (its recompile
-    padding, which only spares XLA a compilation) set to 0, for a backend that compiles nothing. The results
-    are the padded run's to rounding: the padded residues are masked out everywhere, and ColabFold crops
-    them from every output."""
+    padding, which only spares XLA a compilation and also pads the MSA rows) set to 0, for a backend that
+    compiles nothing. The results are the padded run's to rounding (amplified by recycling): the padded rows
+    and residues are masked out everywhere, and ColabFold crops them from every output."""
 
     @functools.wraps(original)
     def predict_structure(prefix, *a, **kw):

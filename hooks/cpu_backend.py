@@ -336,7 +336,8 @@ def af2cpu_provides_model(backend):
 
 @hookimpl
 def af2cpu_pads_lengths(backend):
-    # An eager engine compiles nothing: padding a 100-residue query to 110 would only add a fifth more pair work.
+    # An eager engine compiles nothing: ColabFold's padding (ten residues, and the MSA rows to the config's depth)
+    # would only add work.
     return False if backend == NAME else None
 
 

@@ -147,9 +147,11 @@ def af2cpu_pads_lengths(backend: str) -> Optional[bool]:
 
     ColabFold pads each monomer query ``--recompile-padding`` residues past
     its length, and a query shorter than one before it up to that one's
-    padded length, so that XLA compiles one program for several lengths.
-    A backend that compiles nothing only pays for the padded residues (the
-    pair work grows with the square of the length) and answers ``False``:
+    padded length, so that XLA compiles one program for several lengths;
+    its ``pad_input`` also pads the MSA and extra-MSA rows to the model
+    config's sizes. A backend that compiles nothing only pays for the padded
+    rows and residues (masked out, and cropped from every output) and
+    answers ``False``:
     the seam then hands ``predict_structure`` a ``pad_len`` of 0, and every
     query runs at its own length. ``True`` or no answer leaves ColabFold's
     padding as it is.
