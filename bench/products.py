@@ -20,7 +20,6 @@ mean error against float64:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from bench.timing import median_seconds, pin
+    from bench.timing import median_seconds, pin, write_json
 
     cpus = pin(a.threads)
     from af2cpu_plugin import kernels
@@ -97,9 +96,8 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"| {name} {shape} | {engine} | {row['ms']:.1f} | {rate:.0f} ({rate / peak:.0%}) "
                   f"| {row['max_error']:.2e} | {row['mean_error']:.2e} |", flush=True)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"cpu": cpu_info().describe(), "torch": torch.__version__, "threads": len(cpus),
-                                 "fp32_gemm_peak_gflops": peak, "results": rows}, indent=1))
+    write_json(a.out, {"cpu": cpu_info().describe(), "torch": torch.__version__, "threads": len(cpus),
+                       "fp32_gemm_peak_gflops": peak, "results": rows})
     print(f"\nwrote {a.out}")
     return 0
 

@@ -151,10 +151,9 @@ def af2cpu_pads_lengths(backend: str) -> Optional[bool]:
     its ``pad_input`` also pads the MSA and extra-MSA rows to the model
     config's sizes. A backend that compiles nothing only pays for the padded
     rows and residues (masked out, and cropped from every output) and
-    answers ``False``:
-    the seam then hands ``predict_structure`` a ``pad_len`` of 0, and every
-    query runs at its own length. ``True`` or no answer leaves ColabFold's
-    padding as it is.
+    answers ``False``: the seam then hands ``predict_structure`` a
+    ``pad_len`` of 0, and every query runs at its own length. ``True`` or no
+    answer leaves ColabFold's padding as it is.
 
     firstresult: the first non-``None`` answer wins.
 
