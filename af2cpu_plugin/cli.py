@@ -387,16 +387,20 @@ def _prediction_lines(args, queries, is_complex, precision: str, threads: int, l
         f"passes per model: {up}{passes} ({up}{passes - 1} recycles)",
     ]
     if not planned[0].estimate.calibrated:
-        lines.append("cost model: built-in coefficients, not calibrated on this machine")
+        from af2cpu_plugin.capacity import cost_model
+        from af2cpu_plugin.cpu import cpu_info
+
+        built_in = cost_model.built_in(cpu_info().capability)
+        lines.append(f"cost model: built-in coefficients (measured on an {built_in.cpu}, {built_in.threads} "
+                     "threads), not calibrated on this machine: `af2cpu calibrate` measures its own")
     for p in planned:
         e, q = p.estimate, p.query
         shape = f"complex of {q.chains} chains" if q.is_complex else "single chain"
-        padded = f", padded to {p.workload.num_res}" if p.workload.num_res != q.length else ""
         fits = (f"fits in {limit.describe()}" if e.fits and limit.bytes is not None else
                 "fits (no memory limit known)" if e.fits else f"does NOT fit in {limit.describe()}")
         if e.fits and e.pair_storage == "bf16":
             fits += ", with the pair stored in bf16"
-        lines.append(f"query {q.name!r}: {q.length} residues{padded}, {shape}: peak {format_size(e.peak_rss_bytes)}, "
+        lines.append(f"query {q.name!r}: {q.length} residues, {shape}: peak {format_size(e.peak_rss_bytes)}, "
                      f"{_duration(e.seconds_per_pass)} per pass, {up}{_duration(e.seconds_per_pass * passes)} "
                      f"per model; {fits}")
     return lines

@@ -87,8 +87,10 @@ def _child(engine: str, num_res: int, blocks: int, groups: int, threads: int, da
 
     row = measure(num_res, engine.split("_")[1], groups, threads, data, main_blocks=blocks, passes=1,
                   pair_storage=pair_storage)
+    # base (the process before the pass) and the block cache's live bytes during it: what the cost
+    # model's terms are fitted to, so that a row's error can be traced to one of them.
     return {"seconds": row["seconds"], "peak_rss_bytes": row["peak_rss_bytes"], "channel_groups": groups,
-            "pair_storage": pair_storage}
+            "pair_storage": pair_storage, "base_bytes": row["base_bytes"], "pass_live_bytes": row["pass_live_bytes"]}
 
 
 def _run(engine, num_res, blocks, groups, threads, data, pair_storage="fp32") -> dict:
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
     write_random_params(data, "alphafold2_ptm", models=(3,), seed=0, method="haiku")
     info = cpu_info()
     limit = memory_limit(args.memory_limit)
-    coefficients = cost_model.load(info.model, threads)
+    coefficients = cost_model.load(info.calibration_name, threads)
     print(f"CPU: {info.describe()}; {threads} threads; memory limit {limit.bytes / GIB:.1f} GiB ({limit.source}); "
           f"cost model: {'calibrated here' if coefficients.calibrated else 'built-in coefficients'}", flush=True)
     rows = []

@@ -58,7 +58,8 @@ def _error_lines(text: str):
 # ---------------------------------------------------------------------------
 
 
-def test_info_length_prints_cpu_precision_and_a_prediction(workdir, capsys):
+def test_info_length_prints_cpu_precision_and_a_prediction(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("AF2CPU_CALIBRATION_DIR", str(workdir / "no-calibration"))
     assert cli.main(["info", "--length", "300", "--data", str(workdir / "data"), "--memory-limit", "64G"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -69,6 +70,9 @@ def test_info_length_prints_cpu_precision_and_a_prediction(workdir, capsys):
     assert any(line.startswith("precision: bf16") or line.startswith("precision: fp32") for line in lines)
     query = [line for line in lines if line.startswith("query 'length 300': 300 residues")]
     assert len(query) == 1 and "peak" in query[0] and "per model" in query[0] and "fits" in query[0], out
+    # Not calibrated here: it says whose coefficients it used (this CPU's vector ISA's) and how to measure.
+    assert any(line.startswith("cost model: built-in coefficients (measured on an AMD Zen ") and
+               "af2cpu calibrate" in line for line in lines), out
 
 
 def test_info_multimer_v3_time_is_an_upper_bound(capsys, monkeypatch):
@@ -87,7 +91,7 @@ def test_info_reads_an_input_like_batch(workdir, capsys):
     out = capsys.readouterr().out
     assert "model type: alphafold2_multimer_v3" in out  # auto, as ColabFold picks it for a complex
     assert "MSA rows: 1 clusters + 1 extra sequences (--msa-mode single_sequence)" in out
-    assert "query 'toy': 22 residues, padded to 23, single chain" in out, out
+    assert "query 'toy': 22 residues, single chain" in out, out  # its own length: the cpu engine does not pad
     assert "query 'ab': 23 residues, complex of 2 chains" in out, out
 
 
@@ -143,14 +147,12 @@ def test_msa_budget_options_and_single_sequence():
     assert preflight.msa_budget(ns(msa_mode="single_sequence"), "alphafold2_multimer_v3", True, 2) == (1, 1)
 
 
-def test_recycles_and_padding():
+def test_recycles():
     ns = argparse.Namespace
     assert preflight.recycles(ns(), "alphafold2_ptm") == (4, False)
     assert preflight.recycles(ns(), "alphafold2_multimer_v2") == (4, False)
     assert preflight.recycles(ns(), "alphafold2_multimer_v3") == (21, True)
     assert preflight.recycles(ns(num_recycle=1), "alphafold2_multimer_v3") == (2, True)
-    assert preflight.padded_length(100, 100) == 100 and preflight.padded_length(50, 100) == 60
-    assert preflight.padded_length(50, 55) == 55 and preflight.padded_length(50, 100, 1.5) == 75
 
 
 # ---------------------------------------------------------------------------

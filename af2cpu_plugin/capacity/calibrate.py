@@ -194,17 +194,27 @@ def fit(rows: List[dict], cpu: str, threads: int) -> cost_model.Coefficients:
     # fit in blocks the weights' conversion had left in the cache, pull it up: +16% at 600 residues.)
     base = {k: float(np.median([r["base_bytes"] for r in rows if _key(r) == k])) for k in keys}
     fitted = cost_model.Coefficients(base_bytes=base, k_pair=k_pair, time=time_fits, group_time_factor=factor,
-                                     cpu=cpu, threads=threads, calibrated=True)
+                                     slack=0.0, cpu=cpu, threads=threads, calibrated=True)
+
+    def above_model(coefficients):  # each row's peak RSS above what ``coefficients`` predict
+        return [r["peak_rss_bytes"] - cost_model.peak_rss(cost_model.Workload(r["num_res"]), r["groups"],
+                                                          coefficients, r["precision"], _storage(r),
+                                                          r.get("passes", 2)) for r in rows]
+
+    # What the block cache still holds freed at the live peak, as a fraction of the live bytes (within its
+    # bound of 1/4): the peak RSS above base + live, over all rows.
+    live = [cost_model.peak_rss(cost_model.Workload(r["num_res"]), r["groups"], fitted, r["precision"], _storage(r),
+                                r.get("passes", 2)) - base[_key(r)] for r in rows]
+    slack = min(cost_model.MAX_SLACK, max(0.0, _through_origin(live, above_model(fitted))))
+    fitted = dataclasses.replace(fitted, slack=slack)
     # What the peak holds outside the block cache, per pair-sized tensor: the heads' logits and the
     # confidence functions' numpy temporaries at the end of the pass, on top of the blocks the cache
     # keeps mapped from the trunk's peak.
+    rest = above_model(fitted)
     k_outside = {}
     for key in keys:
-        mine = [r for r in rows if _key(r) == key]
-        rest = [r["peak_rss_bytes"] - cost_model.peak_rss(cost_model.Workload(r["num_res"]), r["groups"], fitted,
-                                                          r["precision"], _storage(r), r.get("passes", 2))
-                for r in mine]
-        k_outside[key] = max(0.0, _through_origin([_pair_bytes(r) for r in mine], rest))
+        mine = [i for i, r in enumerate(rows) if _key(r) == key]
+        k_outside[key] = max(0.0, _through_origin([_pair_bytes(rows[i]) for i in mine], [rest[i] for i in mine]))
     return dataclasses.replace(fitted, k_outside=k_outside)
 
 

@@ -6,10 +6,12 @@ whole tensors of three kinds: the pair representation [L, L, 128] in fp32
 (``pair_bytes``), the MSA [S, L, 256] and the extra MSA [E, L, 64]. So
 
     live = (k_pair[precision][groups] + k_prev) · pair_bytes + k_msa · msa_bytes + k_extra · extra_bytes
-    peak = base + live + min(live / 4, 256 MiB) + k_outside · pair_bytes
+    peak = base + live + min(slack · live, 256 MiB) + k_outside · pair_bytes
 
-the third term being what the engine's block cache keeps mapped above the
-live peak, the last what the end of the pass holds outside that cache (the
+the third term being what the engine's block cache still holds freed at the
+moment of the live peak (its bound is a quarter of the peak, at most 256 MiB;
+``slack`` is measured: on a Zen 3 the peak sits near base + live, since the
+moment of most live memory leaves little free), the last what the end of the pass holds outside that cache (the
 heads' logits, the confidence functions' numpy temporaries: the cache keeps
 the trunk's blocks mapped, so these come on top). ``k_pair`` depends on the triangle multiplication's ``channel_groups``
 (1: its whole [4c, L, L] projection at once; more: the grouped, row-sliced
@@ -36,8 +38,9 @@ adds ColabFold's own bf16 error. Its coefficients are measured apart, under
 the key ``"bf16-pair"`` (:func:`memory_key`); its time is bf16's.
 
 Without a calibration file for this CPU and thread count the built-in
-coefficients are used (measured on an AMD Zen 5, 2 threads), and
-``Estimate.calibrated`` says so.
+coefficients of its vector ISA are used (:data:`BUILT_IN`: measured on an AMD
+Zen 5 for AVX-512, on an AMD Zen 3 for AVX2, 2 threads each; the memory terms
+differ little, the time terms about 3x), and ``Estimate.calibrated`` says so.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ K_PREV = 0.5
 #: ``k_pair`` the templates are the pass's peak.
 K_TEMPLATES = 2.55
 COEFFICIENTS_VERSION = 4
+#: The block cache's bound on the freed bytes it keeps mapped: a quarter of the live peak, at most 256 MiB
+#: (``kernels/block_cache.cpp``).
+MAX_SLACK = 0.25
 CACHE_SLACK_BYTES = 256 << 20
 
 
@@ -112,7 +118,8 @@ class Coefficients:
     outside the cache at the end of the pass (heads, the confidence functions' numpy temporaries).
     ``time[precision]``: seconds per FLOP and per pair element of a main
     Evoformer block, the same for the rest of the pass, and a fixed cost.
-    ``group_time_factor[groups]``: time relative to 1 group.
+    ``group_time_factor[groups]``: time relative to 1 group. ``slack``: the block cache's freed
+    bytes at the live peak, as a fraction of the live bytes (the cache's own bound, 1/4, unless measured).
     """
 
     base_bytes: Dict[str, float]
@@ -120,6 +127,7 @@ class Coefficients:
     time: Dict[str, Dict[str, float]]
     group_time_factor: Dict[int, float]
     k_outside: Dict[str, float] = dataclasses.field(default_factory=dict)
+    slack: float = MAX_SLACK
     cpu: str = ""
     threads: int = 0
     calibrated: bool = False
@@ -140,7 +148,8 @@ class Coefficients:
         return cls(**d)
 
 
-#: Built-in: ``af2cpu calibrate`` on an AMD EPYC Zen 5, 2 threads (2026-11-30, with bf16 pair storage), rounded.
+#: Built-in for AVX-512: ``af2cpu calibrate`` on an AMD EPYC Zen 5, 2 threads (2026-11-30, with bf16 pair
+#: storage), rounded; the cache slack at its bound (not measured there).
 DEFAULT = Coefficients(
     base_bytes={"fp32": 1.16 * GIB, "bf16": 1.06 * GIB, "bf16-pair": 1.04 * GIB},
     k_pair={"fp32": {1: 7.12, 4: 2.87, 16: 2.31}, "bf16": {1: 4.02, 4: 2.01}, "bf16-pair": {4: 1.52, 16: 1.51}},
@@ -150,7 +159,38 @@ DEFAULT = Coefficients(
           "bf16": {"block_seconds_per_flop": 1 / 6.0e12, "block_seconds_per_pair_element": 3.44e-6,
                    "rest_seconds_per_flop": 1 / 474e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0}},
     group_time_factor={1: 1.0, 4: 1.0, 16: 1.01},
+    cpu="AMD Zen 5 (AVX-512)", threads=2,
 )
+
+#: Built-in for AVX2 (fp32 only: no native bf16): ``af2cpu calibrate`` on an AMD EPYC Zen 3, 2 threads
+#: (2026-11-30), rounded. The memory terms are the Zen 5's within 5%; a pass takes about 3x as long.
+AVX2 = Coefficients(
+    base_bytes={"fp32": 1.15 * GIB},
+    k_pair={"fp32": {1: 7.01, 4: 2.76, 16: 2.19}},
+    k_outside={"fp32": 0.067},
+    slack=0.033,
+    time={"fp32": {"block_seconds_per_flop": 1 / 67.6e9, "block_seconds_per_pair_element": 0.0,
+                   "rest_seconds_per_flop": 1 / 85.6e9, "rest_seconds_per_pair_element": 7.1e-6,
+                   "fixed_seconds": 0.0}},
+    group_time_factor={1: 1.0, 4: 1.08, 16: 1.10},
+    cpu="AMD Zen 3 (AVX2)", threads=2,
+)
+
+#: The built-in coefficients by torch's CPU capability (``torch.backends.cpu.get_cpu_capability()``);
+#: any other level gets the AVX-512 ones.
+BUILT_IN = {"AVX512": DEFAULT, "AVX2": AVX2}
+
+
+def built_in(capability: str, threads: Optional[int] = None) -> Coefficients:
+    """The built-in coefficients for a CPU of torch capability ``capability`` ("AVX512", "AVX2", ...), for
+    ``threads`` threads: their time terms scaled from the 2 they were measured with as if a pass's work
+    divided evenly (optimistic for many threads; ``af2cpu calibrate`` measures the real scaling)."""
+    c = BUILT_IN.get(capability, DEFAULT)
+    if not threads or threads == c.threads:
+        return c
+    ratio = c.threads / threads
+    time = {p: {k: v * ratio for k, v in t.items()} for p, t in c.time.items()}
+    return dataclasses.replace(c, time=time, threads=threads)
 
 
 def calibration_dir() -> Path:
@@ -165,17 +205,21 @@ def calibration_path(cpu_model: str, threads: int) -> Path:
     return calibration_dir() / f"{safe}-{threads}t.json"
 
 
-def load(cpu_model: Optional[str] = None, threads: Optional[int] = None) -> Coefficients:
-    """This machine's calibration for ``threads`` if one is stored, else :data:`DEFAULT`."""
-    if cpu_model is None:
+def load(cpu_model: Optional[str] = None, threads: Optional[int] = None,
+         capability: Optional[str] = None) -> Coefficients:
+    """This machine's calibration for ``threads`` if one is stored, else the built-in coefficients of
+    this CPU's capability (:func:`built_in`)."""
+    if cpu_model is None or capability is None:
         from af2cpu_plugin.cpu import cpu_info
 
-        cpu_model = cpu_info().calibration_name
+        info = cpu_info()
+        cpu_model = info.calibration_name if cpu_model is None else cpu_model
+        capability = info.capability if capability is None else capability
     path = calibration_path(cpu_model, threads or 1)
     try:
         return _read(str(path), path.stat().st_mtime_ns)
     except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT
+        return built_in(capability, threads)
 
 
 @functools.lru_cache(maxsize=8)
@@ -208,8 +252,8 @@ def memory_key(precision: str, pair_storage: str = "fp32") -> str:
 def peak_rss(workload: Workload, groups: int, coefficients: Coefficients = DEFAULT, precision: str = "fp32",
              pair_storage: str = "fp32", passes: int = 2) -> int:
     """``base`` plus the activations live at the peak (with ``passes`` > 1, the recycled pair too), plus
-    what the engine's block cache keeps mapped above them (``kernels/block_cache.cpp``: a quarter of the
-    peak, at most 256 MiB), plus what the end of the pass holds outside that cache."""
+    what the engine's block cache still holds freed then (``slack`` of it, at most 256 MiB), plus what the
+    end of the pass holds outside that cache."""
     pair, msa, extra = tensor_bytes(workload)
     key = memory_key(precision, pair_storage)
     if key not in coefficients.k_pair and key in DEFAULT.k_pair:
@@ -224,7 +268,7 @@ def peak_rss(workload: Workload, groups: int, coefficients: Coefficients = DEFAU
     live = (k_pair + (K_PREV if passes > 1 else 0.0)) * pair + K_MSA * msa + K_EXTRA * extra
     base = coefficients.base_bytes.get(key) or coefficients.base_bytes["fp32"]
     outside = coefficients.k_outside.get(key, 0.0) * pair
-    return int(base + live + min(live / 4, CACHE_SLACK_BYTES) + outside)
+    return int(base + live + min(coefficients.slack * live, CACHE_SLACK_BYTES) + outside)
 
 
 def seconds_per_pass(workload: Workload, precision: str, groups: int,

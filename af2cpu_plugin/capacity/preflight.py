@@ -101,13 +101,6 @@ def recycles(args: Any, model_type: str) -> Tuple[int, bool]:
     return num_recycle + 1, tolerance > 0
 
 
-def padded_length(length: int, max_len: int, padding: Any = 10) -> int:
-    """Residues the model sees: ColabFold pads a query to ``length + padding`` (a float: ``× padding``),
-    never past the input's longest query, so that the next ones reuse the compiled shapes."""
-    pad = math.ceil(length * padding) if isinstance(padding, float) else length + int(padding)
-    return max(length, min(pad, max_len))
-
-
 def plan(args: Any, queries: Sequence[Query], model_type: str, is_complex: bool, precision: str,
          threads: int, limit: Optional[int]) -> List[Planned]:
     """The workload and prediction of every query, in the input's order."""
@@ -115,11 +108,10 @@ def plan(args: Any, queries: Sequence[Query], model_type: str, is_complex: bool,
         return []
     msa_depth, extra_depth = msa_budget(args, model_type, is_complex, max(q.chains for q in queries))
     templates = TEMPLATES if getattr(args, "templates", False) else 0
-    max_len = max(q.length for q in queries)
-    padding = getattr(args, "recompile_padding", 10)
     out = []
     for q in queries:
-        workload = Workload(num_res=padded_length(q.length, max_len, padding), msa_depth=msa_depth,
+        # Each query at its own length: the cpu engine takes no recompile padding (hooks: af2cpu_pads_lengths).
+        workload = Workload(num_res=q.length, msa_depth=msa_depth,
                             extra_msa_depth=extra_depth, templates=templates, multimer="multimer" in model_type)
         out.append(Planned(q, workload, estimate(workload, precision, threads, limit)))
     return out
