@@ -98,6 +98,10 @@ def _add_af2cpu_options(parser: argparse.ArgumentParser, pm, names: List[str]) -
         "bf16 dot products (avx512_bf16 or AMX), else fp32; on --backend jax, ColabFold's bf16. "
         "config.json records the precision used.%(default).0s",
     )
+    for action in parser._actions:  # ColabFold's own option, whose help speaks for its JAX model only
+        if action.dest == "recompile_padding" and action.help:
+            action.help = (action.help.rstrip() + " Only --backend jax pads: --backend cpu compiles nothing, so it "
+                           "runs each query at its own length.")
     pm.hook.af2cpu_add_options(parser=parser, backend_names=list(names))
 
 

@@ -369,6 +369,8 @@ def test_help_lists_colabfold_and_af2cpu_options():
     for option in ("--num-recycle", "--amber", "--msa-mode", "--backend", "--threads", "--precision"):
         assert option in result.stdout, option
     assert "af2cpu batch" in result.stdout
+    # ColabFold's padding option says which backend it applies to (the cpu engine runs every query unpadded).
+    assert "--backend cpu compiles nothing" in " ".join(result.stdout.split()), result.stdout
 
 
 @pytest.mark.parametrize(
