@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     write_random_params(data, "alphafold2_ptm", models=(3,), seed=0, method="haiku")
     info = cpu_info()
     limit = memory_limit(args.memory_limit)
-    coefficients = cost_model.load(info.calibration_name, threads)
+    coefficients = cost_model.load(threads=threads)  # this CPU's calibration, else its built-ins
     print(f"CPU: {info.describe()}; {threads} threads; memory limit {limit.bytes / GIB:.1f} GiB ({limit.source}); "
           f"cost model: {'calibrated here' if coefficients.calibrated else 'built-in coefficients'}", flush=True)
     rows = []

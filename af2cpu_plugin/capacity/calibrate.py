@@ -202,10 +202,11 @@ def fit(rows: List[dict], cpu: str, threads: int) -> cost_model.Coefficients:
                                                           r.get("passes", 2)) for r in rows]
 
     # What the block cache still holds freed at the live peak, as a fraction of the live bytes (within its
-    # bound of 1/4): the peak RSS above base + live, over all rows.
-    live = [cost_model.peak_rss(cost_model.Workload(r["num_res"]), r["groups"], fitted, r["precision"], _storage(r),
-                                r.get("passes", 2)) - base[_key(r)] for r in rows]
-    slack = min(cost_model.MAX_SLACK, max(0.0, _through_origin(live, above_model(fitted))))
+    # bound of 1/4): the peak RSS above base + live, over all rows. (``fitted`` has no slack and no
+    # outside term yet, so what it predicts is base + live.)
+    above = above_model(fitted)
+    live = [r["peak_rss_bytes"] - a - base[_key(r)] for r, a in zip(rows, above)]
+    slack = min(cost_model.MAX_SLACK, max(0.0, _through_origin(live, above)))
     fitted = dataclasses.replace(fitted, slack=slack)
     # What the peak holds outside the block cache, per pair-sized tensor: the heads' logits and the
     # confidence functions' numpy temporaries at the end of the pass, on top of the blocks the cache
