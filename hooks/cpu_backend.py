@@ -302,6 +302,25 @@ def af2cpu_run_kwargs(backend, args):
     return {"use_bfloat16": args.precision == "bf16", "use_fuse": True}
 
 
+#: From this many usable cores a single instance is told about --instances (on 2 cores instances gained
+#: 1.0-1.15x; on a 16-core Xeon 1.6-2.5x the predictions per hour of one 16-thread instance: README).
+HINT_CORES = 8
+
+
+def instances_hint(num_cores: Optional[int] = None) -> Optional[str]:
+    """One line for a single-instance run on a many-core machine: a prediction's threads scale poorly past a
+    few cores, so side-by-side instances deliver more predictions per hour. None below HINT_CORES."""
+    if num_cores is None:
+        from af2cpu_plugin.scheduler.cores import usable_cpus
+
+        num_cores = len(usable_cpus())
+    if num_cores < HINT_CORES:
+        return None
+    return (f"{num_cores} cores, one instance: with several predictions (queries, models, seeds), "
+            f"--instances auto runs them side by side on pinned workers (on a 16-core node 2.2-2.5x the "
+            f"predictions per hour of one instance)")
+
+
 def instances_of(args) -> object:
     """``--instances`` as an int >= 1 or "auto"; a UsageError otherwise."""
     text = str(getattr(args, "instances", "1") or "1").strip().lower()
@@ -323,6 +342,9 @@ def af2cpu_multi_instance(backend, args):
     instances = instances_of(args)
     scheduler = getattr(args, "scheduler", None)
     if instances == 1 and not scheduler:
+        hint = instances_hint()
+        if hint:
+            logger.info(hint)
         return None
     from af2cpu_plugin.scheduler.orchestrator import MultiInstance
 

@@ -64,6 +64,14 @@ def test_cores_split_evenly_and_auto_respects_memory():
     assert cores.auto_instances(2, 10, 30 << 30, 20 << 30) == 1
 
 
+def test_a_single_instance_on_many_cores_is_told_about_instances():
+    from af2cpu_plugin.hooks.cpu_backend import HINT_CORES, instances_hint
+
+    assert instances_hint(2) is None and instances_hint(HINT_CORES - 1) is None
+    hint = instances_hint(16)
+    assert hint.startswith("16 cores, one instance") and "--instances auto" in hint
+
+
 def test_bad_instances_value_is_one_line(tmp_path):
     proc = _batch(tmp_path / "in.fasta", tmp_path / "out", "--instances", "two", write_input=True, check=False)
     assert proc.returncode != 0

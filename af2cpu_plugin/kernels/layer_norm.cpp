@@ -184,23 +184,40 @@ at::Tensor layer_norm_channel_major_to_bf16(const at::Tensor& x, const at::Tenso
 // on a Zen 3 those copies were 0.24 s of a 9.5 s pass. Statistics as above:
 // the mean, then the centred variance, in fp32.
 
+// Rows in fours: a row alone is bound by the latency of its chains of c/8
+// dependent adds (its sum, then its squares); four rows side by side run four
+// independent chains. Each row still sums in its own order, so the result is
+// the one-row loop's to the bit (1.4-1.8x faster at 100 residues on a Zen 3).
+constexpr int kRowsAtOnce = 4;
+
 AF2CPU_AVX2 void normalize_rows_fp32(const float* x, int64_t s0, int64_t s1, int64_t n1, const float* w,
                                      const float* b, float* y, int64_t begin, int64_t end, int64_t c, float eps) {
   const float inv_c = 1.0f / float(c);
-  for (int64_t r = begin; r < end; ++r) {
-    const float* xr = x + (r / n1) * s0 + (r % n1) * s1;
-    __m256 sum = _mm256_setzero_ps();
-    for (int64_t j = 0; j < c; j += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(xr + j));
-    const __m256 mean = _mm256_set1_ps(hsum_avx2(sum) * inv_c);
-    __m256 sq = _mm256_setzero_ps();
-    for (int64_t j = 0; j < c; j += 8) {
-      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + j), mean);
-      sq = _mm256_fmadd_ps(d, d, sq);
+  constexpr int R = kRowsAtOnce;
+  for (int64_t r0 = begin; r0 < end; r0 += R) {
+    const int n = int(std::min<int64_t>(R, end - r0));
+    const float* xr[R];
+    for (int i = 0; i < R; ++i) {
+      const int64_t r = r0 + std::min(i, n - 1);  // past the last row: the last row again, not written
+      xr[i] = x + (r / n1) * s0 + (r % n1) * s1;
     }
-    const __m256 rstd = _mm256_set1_ps(1.0f / std::sqrt(hsum_avx2(sq) * inv_c + eps));
-    for (int64_t j = 0; j < c; j += 8) {
-      const __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + j), mean), rstd);
-      _mm256_storeu_ps(y + r * c + j, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + j), _mm256_loadu_ps(b + j)));
+    __m256 sum[R], mean[R], sq[R];
+    for (int i = 0; i < R; ++i) sum[i] = sq[i] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < c; j += 8)
+      for (int i = 0; i < R; ++i) sum[i] = _mm256_add_ps(sum[i], _mm256_loadu_ps(xr[i] + j));
+    for (int i = 0; i < R; ++i) mean[i] = _mm256_set1_ps(hsum_avx2(sum[i]) * inv_c);
+    for (int64_t j = 0; j < c; j += 8)
+      for (int i = 0; i < R; ++i) {
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr[i] + j), mean[i]);
+        sq[i] = _mm256_fmadd_ps(d, d, sq[i]);
+      }
+    for (int i = 0; i < n; ++i) {
+      const __m256 rstd = _mm256_set1_ps(1.0f / std::sqrt(hsum_avx2(sq[i]) * inv_c + eps));
+      float* yr = y + (r0 + i) * c;
+      for (int64_t j = 0; j < c; j += 8) {
+        const __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr[i] + j), mean[i]), rstd);
+        _mm256_storeu_ps(yr + j, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + j), _mm256_loadu_ps(b + j)));
+      }
     }
   }
 }
@@ -238,32 +255,53 @@ AF2CPU_AVX2 inline __m256 load_first(const float* p, int64_t n, __m256i m) {
 }
 
 // 8 positions per vector, as normalize_columns above: channel rows read in
-// place, each 8 x 8 block of normalised values transposed in registers.
+// place, each 8 x 8 block of normalised values transposed in registers. Four
+// vectors (32 positions, two whole cache lines of each channel row) at once:
+// four independent chains of c dependent adds instead of one, each lane still
+// summing its channels in order (the same result to the bit; 1.08-1.35x faster
+// at 50-200 residues on a Zen 3, where 2 and 8 vectors were slower than 4).
+constexpr int kColumnVectors = 4;
+
 AF2CPU_AVX2 void normalize_columns_fp32(const float* x, int64_t p_total, int64_t c, const float* w, const float* b,
                                         float* y, int64_t p0, int64_t p1, float eps) {
   const float inv_c = 1.0f / float(c);
-  for (; p0 < p1; p0 += 8) {
-    const int64_t n = std::min<int64_t>(8, p1 - p0);
-    const __m256i m = lanes_below(n);
-    const float* col = x + p0;
-    __m256 sum = _mm256_setzero_ps();
-    for (int64_t k = 0; k < c; ++k) sum = _mm256_add_ps(sum, load_first(col + k * p_total, n, m));
-    const __m256 mean = _mm256_mul_ps(sum, _mm256_set1_ps(inv_c));
-    __m256 sq = _mm256_setzero_ps();
-    for (int64_t k = 0; k < c; ++k) {
-      const __m256 d = _mm256_sub_ps(load_first(col + k * p_total, n, m), mean);
-      sq = _mm256_fmadd_ps(d, d, sq);
+  constexpr int V = kColumnVectors;
+  for (; p0 < p1; p0 += 8 * V) {
+    const int vectors = int(std::min<int64_t>(V, (p1 - p0 + 7) / 8));
+    const float* col[V];
+    int64_t n[V];
+    __m256i m[V];
+    for (int v = 0; v < V; ++v) {
+      const int u = std::min(v, vectors - 1);  // past the last vector: the last again, not written
+      col[v] = x + p0 + 8 * u;
+      n[v] = std::min<int64_t>(8, p1 - p0 - 8 * u);
+      m[v] = lanes_below(n[v]);
     }
-    const __m256 var = _mm256_mul_ps(sq, _mm256_set1_ps(inv_c));
-    const __m256 rstd = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(_mm256_add_ps(var, _mm256_set1_ps(eps))));
-    for (int64_t k0 = 0; k0 < c; k0 += 8) {
-      __m256 r[8];
-      for (int k = 0; k < 8; ++k) {
-        const __m256 d = _mm256_mul_ps(_mm256_sub_ps(load_first(col + (k0 + k) * p_total, n, m), mean), rstd);
-        r[k] = _mm256_fmadd_ps(d, _mm256_set1_ps(w[k0 + k]), _mm256_set1_ps(b[k0 + k]));
+    __m256 sum[V], mean[V], sq[V], rstd[V];
+    for (int v = 0; v < V; ++v) sum[v] = sq[v] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < c; ++k)
+      for (int v = 0; v < V; ++v) sum[v] = _mm256_add_ps(sum[v], load_first(col[v] + k * p_total, n[v], m[v]));
+    for (int v = 0; v < V; ++v) mean[v] = _mm256_mul_ps(sum[v], _mm256_set1_ps(inv_c));
+    for (int64_t k = 0; k < c; ++k)
+      for (int v = 0; v < V; ++v) {
+        const __m256 d = _mm256_sub_ps(load_first(col[v] + k * p_total, n[v], m[v]), mean[v]);
+        sq[v] = _mm256_fmadd_ps(d, d, sq[v]);
       }
-      transpose8(r);  // r[i]: position p0 + i, channels k0..k0+7
-      for (int64_t i = 0; i < n; ++i) _mm256_storeu_ps(y + (p0 + i) * c + k0, r[i]);
+    for (int v = 0; v < V; ++v) {
+      const __m256 var = _mm256_mul_ps(sq[v], _mm256_set1_ps(inv_c));
+      rstd[v] = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(_mm256_add_ps(var, _mm256_set1_ps(eps))));
+    }
+    for (int v = 0; v < vectors; ++v) {
+      for (int64_t k0 = 0; k0 < c; k0 += 8) {
+        __m256 r[8];
+        for (int k = 0; k < 8; ++k) {
+          const __m256 d = _mm256_mul_ps(_mm256_sub_ps(load_first(col[v] + (k0 + k) * p_total, n[v], m[v]), mean[v]),
+                                         rstd[v]);
+          r[k] = _mm256_fmadd_ps(d, _mm256_set1_ps(w[k0 + k]), _mm256_set1_ps(b[k0 + k]));
+        }
+        transpose8(r);  // r[i]: position p0 + 8 v + i, channels k0..k0+7
+        for (int64_t i = 0; i < n[v]; ++i) _mm256_storeu_ps(y + (p0 + 8 * v + i) * c + k0, r[i]);
+      }
     }
   }
 }
