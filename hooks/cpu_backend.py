@@ -321,6 +321,15 @@ def instances_hint(num_cores: Optional[int] = None) -> Optional[str]:
             f"predictions per hour of one instance)")
 
 
+@functools.lru_cache(maxsize=None)
+def _log_instances_hint_once() -> None:
+    # Logged from the runner factory: ColabFold sets up its log (console and log.txt) after parsing the
+    # arguments, so a line logged while they are checked would be lost.
+    hint = instances_hint()
+    if hint:
+        logger.info(hint)
+
+
 def instances_of(args) -> object:
     """``--instances`` as an int >= 1 or "auto"; a UsageError otherwise."""
     text = str(getattr(args, "instances", "1") or "1").strip().lower()
@@ -342,9 +351,6 @@ def af2cpu_multi_instance(backend, args):
     instances = instances_of(args)
     scheduler = getattr(args, "scheduler", None)
     if instances == 1 and not scheduler:
-        hint = instances_hint()
-        if hint:
-            logger.info(hint)
         return None
     from af2cpu_plugin.scheduler.orchestrator import MultiInstance
 
@@ -411,6 +417,8 @@ def af2cpu_make_runner(backend, config, params, extended_ptm_config, jit_kwargs,
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if instances_of(args) == 1 and not getattr(args, "scheduler", None):
+        _log_instances_hint_once()
     policy = RuntimePolicy(
         precision=args.precision,
         subbatch_size=getattr(args, "subbatch_size", None),
