@@ -421,8 +421,10 @@ class _Replayed:
         done = self._orchestrator.fetch(self._prefix, self._model_name, random_seed, feat)
         if done is None:
             self._runner.params = self._pending_params
-            return self._runner.predict(feat, random_seed=random_seed,
-                                        return_representations=return_representations, callback=callback)
+            out = self._runner.predict(feat, random_seed=random_seed,
+                                       return_representations=return_representations, callback=callback)
+            self._orchestrator.computed_here(self._prefix, self._model_name, random_seed)
+            return out
         result, recycles, per_recycle = done
         if callback is not None:
             for r, seen in enumerate(per_recycle):

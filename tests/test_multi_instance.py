@@ -64,6 +64,24 @@ def test_cores_split_evenly_and_auto_respects_memory():
     assert cores.auto_instances(2, 10, 30 << 30, 20 << 30) == 1
 
 
+def test_a_prediction_too_big_for_an_instances_share_runs_alone():
+    from af2cpu_plugin.capacity import cost_model
+    from af2cpu_plugin.engine.policy import RuntimePolicy
+    from af2cpu_plugin.scheduler.jobs import Job
+    from af2cpu_plugin.scheduler.orchestrator import split_by_share
+
+    def job(key, num_res, with_workload=True):
+        return Job(key=key, prefix=key, model_name="model_1", seed=0, store_root="", params_path="", config=None,
+                   policy=RuntimePolicy(precision="fp32"), fingerprint="", num_res=num_res,
+                   workload=cost_model.Workload(num_res) if with_workload else None)
+
+    small, big, unknown = job("small", 100), job("big", 3000), job("unknown", 3000, with_workload=False)
+    share = cost_model.estimate(cost_model.Workload(1000), "fp32", 1, None).peak_rss_bytes
+    fit, alone = split_by_share([small, big, unknown], share, 1)
+    assert fit == [small, unknown]  # no workload: planned elsewhere, left to the cluster
+    assert [j for j, _ in alone] == [big] and alone[0][1] > share
+
+
 def test_a_single_instance_on_many_cores_is_told_about_instances():
     from af2cpu_plugin.hooks.cpu_backend import HINT_CORES, instances_hint
 

@@ -22,7 +22,8 @@ class Job:
     (``--save-all``/``--save-*-representations``, ``--save-recycles``); num_res, cost: for ordering
     (longest first) and memory; param_keys: the
     params' top-level scopes the runner is given (ColabFold keeps only those of the model it compiled:
-    models 1-2 without templates drop their template weights).
+    models 1-2 without templates drop their template weights); workload: what one pass computes
+    (:class:`~af2cpu_plugin.capacity.cost_model.Workload`).
     """
 
     key: str
@@ -40,3 +41,4 @@ class Job:
     whole_recycles: bool = False
     peak_bytes: Optional[int] = None
     param_keys: Tuple[str, ...] = ()
+    workload: Any = None  # the cost model's Workload of one pass: what fits an instance's share of memory

@@ -4,8 +4,10 @@ The seam (:func:`af2cpu_plugin.hooks.colabfold_seam.installed`) calls
 :meth:`MultiInstance.plan` for each prediction ColabFold's plan pass meets,
 :meth:`MultiInstance.start` between the passes, and :meth:`MultiInstance.fetch`
 for each prediction of the write pass. ``fetch`` returning None means
-"compute it here": the cluster gave up on it, or its inputs differ from what
-was planned (which would be a ColabFold change this plan did not foresee).
+"compute it here": the cluster gave up on it, it cannot fit one instance's
+share of the memory (it then runs after the cluster has stopped), or its
+inputs differ from what was planned (which would be a ColabFold change this
+plan did not foresee).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class MultiInstance:
         self._written: List[Job] = []
         self._warm: List[object] = []
         self._per_worker_memory: Optional[int] = None
+        self._threads_per_worker = 1
+        self._alone: set = set()  # keys of predictions that run in this process, after the cluster
 
     # -- plan pass ------------------------------------------------------------
     def plan(self, *, prefix: str, model_name: str, seed: int, runner: Any, features: Dict[str, Any],
@@ -64,7 +68,7 @@ class MultiInstance:
                   params_path=str(params_path), config=runner.config, policy=policy, fingerprint=fp,
                   num_res=workload.num_res, cost=estimate.seconds_per_pass * passes,
                   return_representations=return_representations, whole_recycles=whole_recycles,
-                  peak_bytes=estimate.peak_rss_bytes, param_keys=tuple(param_keys))
+                  peak_bytes=estimate.peak_rss_bytes, param_keys=tuple(param_keys), workload=workload)
         self.jobs.append(job)
         self._by_prediction[(prefix, model_name, seed)] = job
         return job
@@ -84,6 +88,7 @@ class MultiInstance:
             groups = cores.split(cpus, n)
             per_worker = self.memory_limit // n if self.memory_limit else None
             self._per_worker_memory = per_worker
+            self._threads_per_worker = min(len(g) for g in groups)
             logger.info("%d instances pinned to CPUs %s", n, " | ".join(",".join(map(str, g)) for g in groups))
         client = self._stack.enter_context(cluster.client(groups, self.scheduler, per_worker))
         # One warm-up task per worker, not waited for (kept referenced: Dask drops unreferenced tasks).
@@ -104,6 +109,12 @@ class MultiInstance:
                                      max((j.peak_bytes or 0) for j in pending) or None, self.memory_limit)
             self._connect(n)
         if self._per_worker_memory:
+            pending, alone = split_by_share(pending, self._per_worker_memory, self._threads_per_worker)
+            for job, peak in alone:
+                logger.info("%s: predicted peak %.1f GiB at the most chunking, more than an instance's share of "
+                            "%.1f GiB: it runs alone in this process, with every core, after the instances",
+                            job.key, peak / 2**30, self._per_worker_memory / 2**30)
+            self._alone = {job.key for job, _ in alone}
             # Each instance plans its chunking for its share of the memory, not the whole.
             pending = [dataclasses.replace(j, policy=dataclasses.replace(j.policy, memory_limit=self._per_worker_memory))
                        for j in pending]
@@ -120,18 +131,33 @@ class MultiInstance:
             logger.warning("prediction %s: its inputs differ from the planned ones; computing it here", job.key)
             return None
         store = PredictionStore(job.store_root)
+        if job.key in self._alone and self.dispatcher is not None and not store.has_result(job.key, job.fingerprint):
+            # Too big for an instance's share: the others finish first, then it has the node to itself.
+            self._stop_cluster()
+            return None
         if self.dispatcher is not None and not self.dispatcher.wait(job.key):
             # Fewer instances: let the others finish (their results are stored), stop the cluster, and
             # compute this one here, alone, with every core and all the memory.
-            self.dispatcher.drain()
-            self.dispatcher = None
-            self._stack.close()
+            self._stop_cluster()
             return None
         if not store.has_result(job.key, job.fingerprint):
             return None
         result, recycles, per_recycle, _ = store.load_result(job.key)
         self._written.append(job)
         return result, recycles, per_recycle
+
+    def computed_here(self, prefix: str, model_name: str, seed: int) -> None:
+        """A planned prediction this process computed itself (``fetch`` said None): ColabFold writes its outputs
+        next, as for a fetched one, so its inputs leave the store at the end too."""
+        job = self._by_prediction.get((prefix, model_name, seed))
+        if job is not None:
+            self._written.append(job)
+
+    def _stop_cluster(self) -> None:
+        """Wait for every prediction in flight (their results are stored), then stop the cluster."""
+        self.dispatcher.drain()
+        self.dispatcher = None
+        self._stack.close()
 
     def finish(self) -> None:
         """After the write pass: the predictions whose outputs ColabFold wrote leave the store (the output
@@ -154,3 +180,20 @@ class MultiInstance:
         if self.dispatcher is not None:
             self.dispatcher.cancel()
         self._stack.close()
+
+
+def split_by_share(jobs: List[Job], share: int, threads: int) -> Tuple[List[Job], List[Tuple[Job, int]]]:
+    """(the jobs that fit an instance's ``share`` of the memory with some chunking, (job, predicted peak) of
+    those that do not): these run alone after the cluster, rather than be killed on a worker three times
+    first (Dask's memory limit). A job without a workload (planned by other code) is left to the cluster."""
+    from af2cpu_plugin.capacity import cost_model
+
+    fit, alone = [], []
+    for job in jobs:
+        estimate = None if job.workload is None else \
+            cost_model.estimate(job.workload, job.policy.precision, threads, share)
+        if estimate is not None and not estimate.fits:
+            alone.append((job, estimate.peak_rss_bytes))
+        else:
+            fit.append(job)
+    return fit, alone
