@@ -90,12 +90,11 @@ def _params_path() -> Path:
     return data / "params" / params_file_name("alphafold2_ptm", MODEL[1])
 
 
-def _jobs(cfg, queries, seeds: int, store_root: Path, params_path: Path, policy):
+def _jobs(cfg, queries, seeds: int, passes: int, store_root: Path, params_path: Path, policy):
     from af2cpu_plugin.capacity import cost_model
     from af2cpu_plugin.scheduler.jobs import Job
     from af2cpu_plugin.scheduler.store import prediction_key
 
-    passes = int(cfg.model.num_recycle) + 1
     jobs = []
     for q in queries:
         # Single sequence, model 3 (no templates): the cost model's order, as the orchestrator's plan uses.
@@ -212,18 +211,18 @@ def main(argv=None) -> int:
     cfg, queries = load_inputs(inputs)
     queries = [q for q in queries if q["num_res"] in lengths] or queries
     policy = RuntimePolicy(precision=resolve_precision(args.precision), kernels=kernels)
-    jobs = _jobs(cfg, queries, args.seeds, inputs, _params_path(), policy)
+    passes = int(cfg.model.num_recycle) + 1
+    jobs = _jobs(cfg, queries, args.seeds, passes, inputs, _params_path(), policy)
     dtype = torch.bfloat16 if policy.precision == "bf16" else torch.float32
     peak_all = gemm_peak(dtype)
     torch.set_num_threads(1)
     peak_one = gemm_peak(dtype)
     torch.set_num_threads(len(cpus))
-    passes = int(cfg.model.num_recycle) + 1
     batch_flops = sum(pass_flops(j.num_res) * passes for j in jobs)
     print(f"{policy.precision} GEMM peak: {peak_all:.0f} GFLOP/s on {len(cpus)} threads in one process, "
           f"{peak_one:.0f} on one thread ({peak_one * len(cpus):.0f} x {len(cpus)} cores)", flush=True)
     print(f"{len(jobs)} predictions ({len(queries)} queries of {[q['num_res'] for q in queries]} residues x "
-          f"{args.seeds} seeds, {int(cfg.model.num_recycle) + 1} passes each), {policy.precision}", flush=True)
+          f"{args.seeds} seeds, {passes} passes each), {policy.precision}", flush=True)
 
     result = {"cpu": info.describe(), "torch": torch.__version__, "cpus": cpus, "kernels": kernels,
               "precision": policy.precision,
