@@ -174,6 +174,19 @@ def _mapping_rss_kib(path) -> int:
     return rss
 
 
+def _linear_mapped_from_safetensors(tmp_path, before_binding=lambda flat: None):
+    """A Linear(512, 1024) bound from a saved, memory-mapped safetensors file: (layer, loaded params, path)."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"weights": torch.randn(512, 1024), "bias": torch.randn(1024)}, str(path))
+    flat = load_file(str(path))
+    before_binding(flat)
+    lin = Linear(512, 1024)
+    bind_params(lin, {"linear": flat}, root="linear")
+    return lin, flat, path
+
+
 def test_weights_mapped_from_safetensors_leave_rss_once_derived(tmp_path):
     """A Linear bound from a memory-mapped safetensors file: deriving its kernel layout hands the
     original's pages back (weight_pages), and the layer still computes the same, before and after."""
@@ -183,18 +196,9 @@ def test_weights_mapped_from_safetensors_leave_rss_once_derived(tmp_path):
 
     import pytest
 
-    kernel = re.match(r"(\d+)\.(\d+)", os.uname().release) if sys.platform.startswith("linux") else None
-    if kernel is None or tuple(map(int, kernel.groups())) < (5, 4):
-        pytest.skip("/proc/self/smaps and MADV_PAGEOUT (Linux 5.4+) are needed")
-    from safetensors.torch import load_file, save_file
-
-    from af2cpu_plugin.engine.policy import RuntimePolicy
-
-    lin = Linear(512, 1024)
-    path = tmp_path / "w.safetensors"
-    save_file({"weights": torch.randn(512, 1024), "bias": torch.randn(1024)}, str(path))
-    flat = load_file(str(path))
-    bind_params(lin, {"linear": flat}, root="linear")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/smaps and /proc/self/pagemap (Linux) are needed")
+    lin, flat, path = _linear_mapped_from_safetensors(tmp_path)
     x = torch.randn(3, 512)
     expected = x @ flat["weights"] + flat["bias"]  # touches every page of the original
     before = _mapping_rss_kib(path)
@@ -205,3 +209,18 @@ def test_weights_mapped_from_safetensors_leave_rss_once_derived(tmp_path):
         assert after < before - 1024, (before, after)
         torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(lin.weights, flat["weights"], rtol=0, atol=0)  # re-read from the page cache
+
+
+def test_weights_written_in_place_keep_their_values(tmp_path):
+    """A mapped weight changed in place lives in private copies of its pages: handing those back
+    (MADV_DONTNEED) would silently restore the file's values, so weight_pages leaves them alone."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/pagemap (Linux) is needed")
+    lin, flat, _ = _linear_mapped_from_safetensors(tmp_path, before_binding=lambda flat: flat["weights"].mul_(2.0))
+    written = flat["weights"].clone()  # every page of the weight was made this process's own copy
+    x = torch.randn(3, 512)
+    with RuntimePolicy(precision="fp32").active():
+        torch.testing.assert_close(lin(x), x @ written + flat["bias"], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(lin.weights, written, rtol=0, atol=0)
