@@ -14,21 +14,19 @@ import torch
 from torch import nn
 
 from .chunking import row_slices
-from .primitives import LayerNorm, derived, linear_2d
+from .primitives import LayerNorm, derived
 
 
 def pair_bias(module: nn.Module, norm: LayerNorm, pair_act: torch.Tensor,
               feat_2d_weights: torch.Tensor) -> torch.Tensor:
     """pair_act [q, k, c] (any strides) -> bias [h, q, k], contiguous: the layout the attention kernel takes
-    as a mask without copying. Each slice is computed as ``W·LN(rows)ᵀ``, so its [h, rows, k] block is
-    written in place."""
+    as a mask without copying. Each slice is computed as ``W·LN(rows)ᵀ``
+    (:meth:`.LayerNorm.forward_projected`), so its [h, rows, k] block comes out in that layout."""
     nq, nk, c = pair_act.shape
+    w_t = derived(module, "feat_2d", lambda w: w.t().contiguous(), feat_2d_weights)
     bias = None
     for start, rows in row_slices(pair_act):
-        act = norm(pair_act.narrow(0, start, rows))
-        dtype = act.dtype
-        w_t = derived(module, f"feat_2d@{dtype}", lambda w: w.t().to(dtype).contiguous(), feat_2d_weights)
-        block = linear_2d(w_t, act.reshape(rows * nk, c), None).view(-1, rows, nk)
+        block = norm.forward_projected(pair_act.narrow(0, start, rows), w_t).view(-1, rows, nk)
         if bias is None:
             if rows == nq:
                 return block

@@ -344,6 +344,19 @@ class LayerNorm(nn.Module):
         y = nn.functional.layer_norm(x, (self.num_channel,), self.scale, self.offset, self.eps)
         return y.to(dtype)
 
+    def forward_projected(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``weight @ self(x).T`` for ``x`` [..., C] and a few output rows ``weight`` [H, C]: [H, rows].
+
+        The pair's per-head attention bias. The native fp32 kernel normalises each row in registers and
+        projects it there, without writing the normalised rows or running a 4- or 8-output GEMM.
+        """
+        dtype = compute_dtype()
+        if dtype == torch.float32 and current_policy().kernels == "native" and \
+                kernels.can_layer_norm_project_fp32(x, weight):
+            return kernels.layer_norm_project_fp32(x, self.scale, self.offset, weight, self.eps)
+        act = self(x)
+        return linear_2d(weight.to(act.dtype), act.reshape(-1, act.shape[-1]), None)
+
     def forward_channel_major(self, x: torch.Tensor) -> torch.Tensor:
         """``self(x.movedim(0, -1))`` for channel-major ``x`` [C, ...]: the result is [..., C].
 

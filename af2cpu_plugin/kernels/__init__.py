@@ -8,7 +8,8 @@ at run time), faster than PyTorch's CPU flash attention on the same inputs
 followed by a cast, and from channel-major bf16 (the triangle
 multiplication's centre LayerNorm, without the permuted copy), and in fp32
 from strided rows (a transposed pair) and channel-major input without
-PyTorch's contiguous copy; and memory-bound passes fused into one
+PyTorch's contiguous copy, and projected straight to the pair's few
+attention-bias outputs; and memory-bound passes fused into one
 (``pointwise.cpp``: the triangle multiplication's bias, mask and sigmoid gate;
 the bf16 trunk's residual update into its fp32 stream; the fp32 gated output added
 into the pair); and the triangle
@@ -188,6 +189,20 @@ def layer_norm_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
     """LayerNorm over the last axis of fp32 ``x`` (contiguous result). A 3-D ``x`` with unit stride along the
     channels (a transposed pair) is read where it lies, without the contiguous copy PyTorch's kernel needs."""
     return _ops().layer_norm_fp32(x, weight, bias, eps)
+
+
+def can_layer_norm_project_fp32(x: torch.Tensor, proj: torch.Tensor) -> bool:
+    """Whether :func:`layer_norm_project_fp32` takes ``x`` and ``proj``: as :func:`can_layer_norm_fp32`, and
+    ``proj`` fp32 [4 or 8, C]."""
+    return (can_layer_norm_fp32(x) and proj.dtype == torch.float32 and proj.dim() == 2
+            and proj.shape[0] in (4, 8) and proj.shape[1] == x.shape[-1])
+
+
+def layer_norm_project_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, proj: torch.Tensor,
+                            eps: float) -> torch.Tensor:
+    """``proj @ LayerNorm(x).T`` for fp32 ``x`` [..., C] (a 3-D ``x`` may be strided, as in
+    :func:`layer_norm_fp32`) and ``proj`` [H, C]: [H, rows], without writing the normalised rows."""
+    return _ops().layer_norm_project_fp32(x, weight, bias, proj.contiguous(), eps)
 
 
 def can_layer_norm_channel_major_fp32(x: torch.Tensor) -> bool:
