@@ -20,7 +20,8 @@ def load_params(npz_path, log: LogSink = LOG,
     ``log`` is a logger or a callable taking a message (``logger.info``). Logs
     ``converted ... -> ...`` or ``reusing cached safetensors ...``. Loads
     with ``safetensors.torch.load_file`` (no pickle) and checks the data's
-    checksum (written at conversion): a damaged cache is converted again, never used. ``expected``
+    checksum (written at conversion): a damaged cache is converted again, never used. The pages that
+    check read are then handed back (:func:`.weight_pages.release_loaded`). ``expected``
     (``engine.params.expected_params(model)``) raises ``ParamsMismatch`` naming
     missing/unexpected/mis-shaped arrays.
     """
@@ -43,4 +44,7 @@ def load_params(npz_path, log: LogSink = LOG,
         raise ConversionError(f"the converted params for {npz_path} fail their checksum right after conversion "
                               f"({path}) — check the disk or memory of this machine")
     check_expected(flat, expected, source=str(Path(npz_path)))
+    from af2cpu_plugin.engine import weight_pages
+
+    weight_pages.release_loaded(flat.values())  # the checksum made every page resident; binding reads them again
     return flat

@@ -211,6 +211,26 @@ def test_weights_mapped_from_safetensors_leave_rss_once_derived(tmp_path):
         torch.testing.assert_close(lin.weights, flat["weights"], rtol=0, atol=0)  # re-read from the page cache
 
 
+def test_loaded_params_leave_rss_after_their_checksum(tmp_path):
+    """load_params reads every byte of the converted file to check its checksum; those pages go back
+    right after (ColabFold loads all five models' params up front), and the values read the same."""
+    import sys
+
+    from af2cpu_plugin import converters
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/smaps and /proc/self/pagemap (Linux) are needed")
+    weights = np.random.default_rng(0).normal(size=(512, 1024)).astype(np.float32)  # 2 MiB
+    npz = tmp_path / "params" / "params_model_1_ptm.npz"
+    npz.parent.mkdir()
+    np.savez(npz, **{"alphafold/alphafold_iteration/evoformer/preprocess_1d//weights": weights})
+    flat = converters.load_params(npz, lambda m: None)
+    (path,) = npz.parent.glob("*.safetensors")
+    assert _mapping_rss_kib(path) < 64, _mapping_rss_kib(path)
+    np.testing.assert_array_equal(flat["alphafold/alphafold_iteration/evoformer/preprocess_1d//weights"].numpy(),
+                                  weights)
+
+
 def test_weights_written_in_place_keep_their_values(tmp_path):
     """A mapped weight changed in place lives in private copies of its pages: handing those back
     (MADV_DONTNEED) would silently restore the file's values, so weight_pages leaves them alone."""
