@@ -235,6 +235,15 @@ def main(argv=None) -> int:
         for r in json.loads(a.flops_from.read_text())["results"]:
             known_flops[(r["case"], r["engine"])] = r.get("matmul_flops")
     results = []
+
+    def save(e2e=None):
+        """Written after every case, so that a later case's failure loses nothing measured."""
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"machine": peak, "threads": len(cpus), "passes": a.passes, "results": results,
+                                   "end_to_end": e2e}, indent=2))
+        os.replace(tmp, a.out)
+
     for case in [c for c in a.cases.split(",") if c]:
         rows = []
         for engine in engines:
@@ -270,6 +279,7 @@ def main(argv=None) -> int:
                 r["achieved_gflops"] = flops / warm / 1e9
                 r["share_of_gemm_peak"] = r["achieved_gflops"] / r["gemm_peak_gflops"]
         results.extend(rows)
+        save()
         print(f"\n### {case}: {first['length']} residues, {first['msa_clusters']} clusters, {first['extra_msa']} extra; "
               f"matmul work {_fmt(reference and reference / 1e12, '.2f')} TFLOP/pass in haiku's order "
               f"({_fmt(counted and counted / 1e12, '.2f')} as the cpu engine orders it)")
@@ -287,11 +297,7 @@ def main(argv=None) -> int:
         by = {r["backend"]: r for r in e2e}
         print(f"end to end, --num-models 5: jax {by['jax']['wall_s']:.1f} s, cpu {by['cpu']['wall_s']:.1f} s "
               f"({by['jax']['wall_s'] / by['cpu']['wall_s']:.2f}x)")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"machine": peak, "threads": len(cpus), "passes": a.passes, "results": results,
-                               "end_to_end": e2e}, indent=2))
-    os.replace(tmp, a.out)
+    save(e2e)
     return 0
 
 
