@@ -100,30 +100,6 @@ at::Tensor layer_norm_to_bf16(const at::Tensor& x_in, const at::Tensor& weight, 
 // to a contiguous buffer first, against L1 set aliasing of rows 2P bytes
 // apart, was slower: 14.4-15.3 against 12.3 ms at 400 residues.)
 
-// r[k] (16 lanes) -> r[k] holding lane k of every input, in order (a 16 x 16 transpose).
-AF2CPU_AVX512 inline void transpose16(__m512 (&r)[16]) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_f32x4(u[8 * i + j], u[8 * i + 4 + j], 0x88);
-      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(u[8 * i + j], u[8 * i + 4 + j], 0xDD);
-    }
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
-  }
-}
-
 AF2CPU_AVX512_BF16 void normalize_columns(const at::BFloat16* x, int64_t p_total, int64_t c, const float* w,
                                           const float* b, at::BFloat16* y, int64_t p0, int64_t p1, float eps) {
   const float inv_c = 1.0f / float(c);

@@ -66,6 +66,30 @@ AF2CPU_AVX512 inline __m512 load_bf16(const at::BFloat16* p, __mmask16 m) {
 AF2CPU_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 AF2CPU_AVX512 inline __m512 load16(const at::BFloat16* p) { return load_bf16(p); }
 
+// r[k] (16 lanes) -> r[k] holding lane k of every input, in order (a 16 x 16 transpose).
+AF2CPU_AVX512 inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(u[8 * i + j], u[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(u[8 * i + j], u[8 * i + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+  }
+}
+
 // ---------------------------------------------------------------- AVX2 ----
 
 AF2CPU_AVX2 inline __m256 exp_nonpositive_avx2(__m256 x) {
