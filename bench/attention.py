@@ -26,6 +26,7 @@ SHAPES = {
     "tri400_template": (64, 4, 400, 400, 16),  # template pair stack: 64 ch / 4 heads
     "msa_row_deep": (64, 8, 59, 59, 32),  # MSA row attention, 512 clusters x 59 residues
     "msa_col_deep": (16, 8, 512, 512, 32),  # MSA column attention over 512 clusters
+    "extra_row_deep": (270, 8, 59, 59, 8),  # extra MSA row attention: 64 ch / 8 heads of 8, 5,120 sequences
     # As the engine hands them over (a slice of its default 4 MiB): q, k, v and the gate as strided views
     # of one fused [b * n, 4 * h * d] projection, gated (rows 2 KiB apart, where the shapes above have them
     # contiguous per tensor).

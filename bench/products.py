@@ -31,6 +31,8 @@ SHAPES = {
     "opm_extra_deep": ("sum", (192, 5120, 1888)),  # extra MSA stack: 6 rows x 32 ch, 5,120 sequences, 59 res x 32 ch
     "opm_extra_x3": ("sum", (192, 5120, 5664)),  # the same at 177 residues
     "opm_main_x3": ("sum", (352, 512, 5664)),  # Evoformer: 11 rows x 32 ch, 512 clusters
+    "tri59": ("tri", (128, 59)),  # the deep-MSA chain
+    "tri100": ("tri", (128, 100)),
     "tri130": ("tri", (128, 130)),
     "tri177": ("tri", (128, 177)),
     "tri400": ("tri", (128, 400)),

@@ -103,6 +103,12 @@ def matmul_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# Below this many rows a channel's product is too small for a oneDNN call of its own: on 2 Zen 5 cores
+# (bench/products.py, 128 channels) torch.bmm took 0.4 ms against 0.9-1.2 at 59 residues (the deep-MSA
+# chain), 1.4 against 1.4-2.2 at 100; at 130 about even (3.4-3.5 against 2.8-3.6), at 177 the kernel wins.
+CHANNEL_BMM_MIN_ROWS = 128
+
+
 def channel_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.transpose(1, 2)`` for a [C, M, K] and b [C, N, K] (any strides): a GEMM per channel.
 
@@ -110,11 +116,12 @@ def channel_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     channels through oneDNN; a long inner axis is summed in blocks of
     :data:`FP32_K_BLOCK`, as :func:`matmul_2d` does). ``bench/products.py`` on a
     Zen 5: 2.3x ``torch.bmm`` (MKL) at 400 residues, 1.5x at 177 (incoming:
-    1.4x, 1.2x; about even at 130); with oneDNN held to AVX2 it lost to MKL,
+    1.4x, 1.2x; about even at 130; slower below, so from
+    :data:`CHANNEL_BMM_MIN_ROWS` rows); with oneDNN held to AVX2 it lost to MKL,
     so AVX2-only CPUs keep ``torch.bmm``. bf16 stays on ``torch.bmm``, which is
     oneDNN's already and faster there than one channel per thread.
     """
-    if current_policy().kernels == "native" and kernels.can_channel_bmm(a):
+    if current_policy().kernels == "native" and a.shape[1] >= CHANNEL_BMM_MIN_ROWS and kernels.can_channel_bmm(a):
         return kernels.channel_bmm_nt(a, b, FP32_K_BLOCK)
     return torch.bmm(a, b.transpose(1, 2))
 

@@ -3,6 +3,8 @@
 //   out[b, i, h, :] = softmax_j(q[b, h, i, :] . k[b, h, j, :] + bias[b, h, i, j]) @ v[b, h, :, :]
 //
 // Why a kernel of our own: AlphaFold's attention has a head size of 16 or 32
+// (8 in the extra MSA stack: the AVX-512 fp32 path runs it as it is, with the
+// upper lanes of each value vector zero; the others get it padded to 16)
 // and a bias on every logit (triangle attention: [h, q, k] from the pair). At
 // that head size PyTorch's CPU flash attention spends its time in per-tile
 // GEMM calls and reaches about 100 GFLOP/s in bf16 on 2 Zen 5 cores (its GEMM
@@ -256,14 +258,29 @@ struct Bf16Task : TaskBase<at::BFloat16> {
 // operands front to back. The layout they replace, keys [D][nk16] and values read in place, had one
 // step touch D key rows nk16 floats apart (2 KiB at 512 keys: MSA column attention), which L1 holds in
 // only a few sets; and the values are strided views of the fused projection (rows 2 KiB apart). The
-// sums are the same, in the same order: bit-identical outputs. On 2 Zen 5 cores (bench/attention.py, each
+// sums are the same, in the same order: bit-identical outputs (head size 8 too, against the padded 16,
+// whose extra products added zeros; bench/attention.py extra_row_deep 5.4-5.7 -> 3.5 ms). On 2 Zen 5 cores (bench/attention.py, each
 // build twice): 12-36% less time at every shape (triangle attention at 100 residues 2.7-3.3 -> 2.1-2.2 ms,
 // MSA column attention over 512 clusters 17.0-17.5 -> 14.8-14.9 ms); the bf16 path's panels, 0-8%.
+
+// D channels of a row as one vector for D = 8 (the extra MSA's heads: the upper lanes zero), else 16 of them.
+template <int D>
+AF2CPU_AVX512 inline __m512 load_channels(const float* p) {
+  static_assert(D == 8 || D % 16 == 0);
+  if constexpr (D == 8) return _mm512_maskz_loadu_ps(__mmask16(0xFF), p);
+  else return _mm512_loadu_ps(p);
+}
+
+template <int D>
+AF2CPU_AVX512 inline void store_channels(float* p, __m512 x) {
+  if constexpr (D == 8) _mm512_mask_storeu_ps(p, __mmask16(0xFF), x);
+  else _mm512_storeu_ps(p, x);
+}
 
 template <int D>
 struct Fp32Task : TaskBase<float> {
   static constexpr int kMaxRows = kRows;
-  static constexpr int kVecs = D / 16;
+  static constexpr int kVecs = (D + 15) / 16;  // vectors per row of values and outputs
   static constexpr int kPanel = 32;
 
   AF2CPU_AVX512 void pack(const float* k, int64_t k_row, const float* v_, int64_t v_row_) {
@@ -282,16 +299,16 @@ struct Fp32Task : TaskBase<float> {
       float* panel = keys + j / kPanel * (kPanel * D) + j % kPanel;
       for (int c0 = 0; c0 < D; c0 += 16) {
         __m512 r[16];
-        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(k + (j + i) * k_row + c0);
+        for (int i = 0; i < 16; ++i) r[i] = load_channels<D>(k + (j + i) * k_row + c0);
         transpose16(r);
-        for (int c = 0; c < 16; ++c) _mm512_storeu_ps(panel + (c0 + c) * kPanel, r[c]);
+        for (int c = 0; c < std::min(16, D); ++c) _mm512_storeu_ps(panel + (c0 + c) * kPanel, r[c]);
       }
     }
     for (; j < panels; ++j)  // the last few keys, and zeros up to the panel's end
       for (int c = 0; c < D; ++c) keys[j / kPanel * (kPanel * D) + c * kPanel + j % kPanel] = j < nk ? k[j * k_row + c] : 0.0f;
     float* values = reinterpret_cast<float*>(sc->values.data());
     for (int64_t jj = 0; jj < nk; ++jj)
-      for (int u = 0; u < kVecs; ++u) _mm512_storeu_ps(values + jj * D + 16 * u, _mm512_loadu_ps(v_ + jj * v_row_ + 16 * u));
+      for (int u = 0; u < kVecs; ++u) store_channels<D>(values + jj * D + 16 * u, load_channels<D>(v_ + jj * v_row_ + 16 * u));
     v = values;
     v_row = D;
   }
@@ -354,7 +371,7 @@ struct Fp32Task : TaskBase<float> {
       for (int u = 0; u < kVecs; ++u) acc[r][u] = _mm512_setzero_ps();
     for (int64_t jj = 0; jj < nk; ++jj) {
       __m512 vv[kVecs];
-      for (int u = 0; u < kVecs; ++u) vv[u] = _mm512_loadu_ps(v + jj * v_row + u * 16);
+      for (int u = 0; u < kVecs; ++u) vv[u] = load_channels<D>(v + jj * v_row + u * 16);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m512 pb = _mm512_set1_ps(logits[r * nk16 + jj]);
@@ -365,8 +382,8 @@ struct Fp32Task : TaskBase<float> {
       const __m512 scale = _mm512_set1_ps(inv_sum[r]);
       for (int u = 0; u < kVecs; ++u) {
         __m512 o = _mm512_mul_ps(acc[r][u], scale);
-        if (gate != nullptr) o = _mm512_mul_ps(o, sigmoid(_mm512_loadu_ps(gate + (i0 + r) * gate_row + u * 16)));
-        _mm512_storeu_ps(out + (i0 + r) * out_row + u * 16, o);
+        if (gate != nullptr) o = _mm512_mul_ps(o, sigmoid(load_channels<D>(gate + (i0 + r) * gate_row + u * 16)));
+        store_channels<D>(out + (i0 + r) * out_row + u * 16, o);
       }
     }
   }
@@ -629,9 +646,12 @@ at::Tensor biased_attention(const at::Tensor& q, const at::Tensor& k, const at::
   const bool avx512 = has_avx512() && !force_avx2();
   TORCH_CHECK(bf16 ? has_avx512_bf16() : (avx512 || has_avx2()), "this CPU lacks the vector instructions the ",
               bf16 ? "bf16 kernel needs (AVX-512 with avx512_bf16)" : "fp32 kernel needs (AVX2 and FMA)");
-  TORCH_CHECK(D == 32 || D == 16, "head size ", D, " not supported (16 or 32)");
+  TORCH_CHECK(D == 32 || D == 16 || (D == 8 && !bf16 && avx512), "head size ", D,
+              " not supported (16 or 32; 8 on the AVX-512 fp32 path)");
   if (D == 32) {
     run_for_head_size<32>(bf16, avx512, q, k, v, b, gate, out);
+  } else if (D == 8) {
+    run_all<Fp32Task<8>, float>(q, k, v, b, gate, out);
   } else {
     run_for_head_size<16>(bf16, avx512, q, k, v, b, gate, out);
   }
