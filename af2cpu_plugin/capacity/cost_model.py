@@ -148,17 +148,18 @@ class Coefficients:
         return cls(**d)
 
 
-#: Built-in for AVX-512: ``af2cpu calibrate`` on an AMD EPYC Zen 5, 2 threads (2026-11-30, with bf16 pair
-#: storage), rounded; the cache slack at its bound (not measured there).
+#: Built-in for AVX-512: ``af2cpu calibrate`` on an AMD EPYC Zen 5, 2 threads (2026-12-01, with the cache slack
+#: fitted, as the AVX2 ones), rounded.
 DEFAULT = Coefficients(
-    base_bytes={"fp32": 1.16 * GIB, "bf16": 1.06 * GIB, "bf16-pair": 1.04 * GIB},
-    k_pair={"fp32": {1: 7.12, 4: 2.87, 16: 2.31}, "bf16": {1: 4.02, 4: 2.01}, "bf16-pair": {4: 1.52, 16: 1.51}},
-    k_outside={"fp32": 0.0, "bf16": 0.0, "bf16-pair": 0.21},
-    time={"fp32": {"block_seconds_per_flop": 1 / 257e9, "block_seconds_per_pair_element": 0.0,
-                   "rest_seconds_per_flop": 1 / 235e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0},
-          "bf16": {"block_seconds_per_flop": 1 / 6.0e12, "block_seconds_per_pair_element": 3.44e-6,
-                   "rest_seconds_per_flop": 1 / 474e9, "rest_seconds_per_pair_element": 0.0, "fixed_seconds": 0.0}},
-    group_time_factor={1: 1.0, 4: 1.0, 16: 1.01},
+    base_bytes={"fp32": 1.15 * GIB, "bf16": 1.04 * GIB, "bf16-pair": 1.04 * GIB},
+    k_pair={"fp32": {1: 7.12, 4: 2.87, 16: 2.31}, "bf16": {1: 4.02, 4: 2.01}, "bf16-pair": {4: 1.41, 16: 1.12}},
+    k_outside={"fp32": 0.0, "bf16": 0.375, "bf16-pair": 0.52},
+    slack=0.092,
+    time={"fp32": {"block_seconds_per_flop": 1 / 561e9, "block_seconds_per_pair_element": 4.6e-6,
+                   "rest_seconds_per_flop": 1 / 406e9, "rest_seconds_per_pair_element": 4.0e-6, "fixed_seconds": 0.0},
+          "bf16": {"block_seconds_per_flop": 1 / 1045e9, "block_seconds_per_pair_element": 2.4e-6,
+                   "rest_seconds_per_flop": 1 / 456e9, "rest_seconds_per_pair_element": 9.2e-7, "fixed_seconds": 0.0}},
+    group_time_factor={1: 1.0, 4: 1.0, 16: 1.0},
     cpu="AMD Zen 5 (AVX-512)", threads=2,
 )
 

@@ -142,8 +142,8 @@ struct Bf16Task : TaskBase<at::BFloat16> {
   static constexpr int kPanel = 32;  // keys per key panel, as the fp32 path's: [nk32/32][D/2][32]
 
   AF2CPU_AVX512_BF16 void pack(const T* k, int64_t k_row, const T* v, int64_t v_row) {
-    const int64_t panels = (nk + kPanel - 1) / kPanel * kPanel;
-    sc->keys.resize(panels * kPairs);
+    const int64_t padded = (nk + kPanel - 1) / kPanel * kPanel;  // whole panels
+    sc->keys.resize(padded * kPairs);
     sc->values.assign(nk16 / 2 * D, 0u);
     int64_t j = 0;
     for (; j + 16 <= nk; j += 16) {  // 16 keys' channel pairs, transposed in registers (a pair is one lane)
@@ -154,7 +154,7 @@ struct Bf16Task : TaskBase<at::BFloat16> {
       uint32_t* panel = sc->keys.data() + j / kPanel * (kPanel * kPairs) + j % kPanel;
       for (int c = 0; c < kPairs; ++c) _mm512_storeu_ps(reinterpret_cast<float*>(panel + c * kPanel), r[c]);
     }
-    for (; j < panels; ++j) {  // the last few keys, and zeros up to the panel's end
+    for (; j < padded; ++j) {  // the last few keys, and zeros up to the panel's end
       const uint32_t* kj = reinterpret_cast<const uint32_t*>(k + j * k_row);
       for (int c = 0; c < kPairs; ++c) sc->keys[j / kPanel * (kPanel * kPairs) + c * kPanel + j % kPanel] = j < nk ? kj[c] : 0u;
     }
@@ -259,9 +259,10 @@ struct Bf16Task : TaskBase<at::BFloat16> {
 // step touch D key rows nk16 floats apart (2 KiB at 512 keys: MSA column attention), which L1 holds in
 // only a few sets; and the values are strided views of the fused projection (rows 2 KiB apart). The
 // sums are the same, in the same order: bit-identical outputs (head size 8 too, against the padded 16,
-// whose extra products added zeros; bench/attention.py extra_row_deep 5.4-5.7 -> 3.5 ms). On 2 Zen 5 cores (bench/attention.py, each
-// build twice): 12-36% less time at every shape (triangle attention at 100 residues 2.7-3.3 -> 2.1-2.2 ms,
-// MSA column attention over 512 clusters 17.0-17.5 -> 14.8-14.9 ms); the bf16 path's panels, 0-8%.
+// whose extra products added zeros). On 2 Zen 5 cores (bench/attention.py, each build twice): 12-36% less
+// time at every shape (triangle attention at 100 residues 2.7-3.3 -> 2.1-2.2 ms, MSA column attention over
+// 512 clusters 17.0-17.5 -> 14.8-14.9 ms; the extra MSA's row attention, unpadded, 5.4-5.7 -> 3.5 ms); the
+// bf16 path's panels, 0-8%.
 
 // D channels of a row as one vector for D = 8 (the extra MSA's heads: the upper lanes zero), else 16 of them.
 template <int D>
@@ -284,8 +285,8 @@ struct Fp32Task : TaskBase<float> {
   static constexpr int kPanel = 32;
 
   AF2CPU_AVX512 void pack(const float* k, int64_t k_row, const float* v_, int64_t v_row_) {
-    const int64_t panels = (nk + kPanel - 1) / kPanel * kPanel;
-    sc->keys.resize(panels * D);
+    const int64_t padded = (nk + kPanel - 1) / kPanel * kPanel;  // whole panels
+    sc->keys.resize(padded * D);
     sc->values.resize(nk * D);
     sc->logits.resize(kMaxRows * nk16);
     float* keys = reinterpret_cast<float*>(sc->keys.data());
@@ -304,7 +305,7 @@ struct Fp32Task : TaskBase<float> {
         for (int c = 0; c < std::min(16, D); ++c) _mm512_storeu_ps(panel + (c0 + c) * kPanel, r[c]);
       }
     }
-    for (; j < panels; ++j)  // the last few keys, and zeros up to the panel's end
+    for (; j < padded; ++j)  // the last few keys, and zeros up to the panel's end
       for (int c = 0; c < D; ++c) keys[j / kPanel * (kPanel * D) + c * kPanel + j % kPanel] = j < nk ? k[j * k_row + c] : 0.0f;
     float* values = reinterpret_cast<float*>(sc->values.data());
     for (int64_t jj = 0; jj < nk; ++jj)
