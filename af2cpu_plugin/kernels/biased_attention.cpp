@@ -128,6 +128,24 @@ inline void prefetch_row(const float* row) {
   if (D > 16) _mm_prefetch(reinterpret_cast<const char*>(row + D - 1), _MM_HINT_T0);
 }
 
+// Key and value rows [first, last), asked for while the packing transposes the rows before them: in the
+// engine they are strided views of the fused projection (rows 2 KiB apart).
+template <int D>
+inline void prefetch_key_value_rows(const float* k, int64_t k_row, const float* v, int64_t v_row, int64_t first,
+                                    int64_t last) {
+  for (int64_t j = first; j < last; ++j) {
+    prefetch_row<D>(k + j * k_row);
+    prefetch_row<D>(v + j * v_row);
+  }
+}
+
+// Where the packed keys keep channel c of key j: panels of Panel keys, each [Width][Panel] (Width channels,
+// or bf16 channel pairs), so that one step of the first product reads a panel front to back.
+template <int Panel, int Width>
+inline int64_t panel_at(int c, int64_t j) {
+  return j / Panel * (Panel * Width) + c * Panel + j % Panel;
+}
+
 // ---------------------------------------------------------------- bf16 ----
 // Keys are packed in panels of 32 keys, [nk32/32][D/2][32][2] (as the fp32 path's, below), and values
 // as [nk16/2][D][2]: each 32-bit lane holds the two bf16 numbers one vdpbf16ps step multiplies pairwise.
@@ -151,12 +169,12 @@ struct Bf16Task : TaskBase<at::BFloat16> {
       for (int i = 0; i < 16; ++i)
         r[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(__mmask16((1u << kPairs) - 1), k + (j + i) * k_row));
       transpose16(r);
-      uint32_t* panel = sc->keys.data() + j / kPanel * (kPanel * kPairs) + j % kPanel;
+      uint32_t* panel = sc->keys.data() + panel_at<kPanel, kPairs>(0, j);
       for (int c = 0; c < kPairs; ++c) _mm512_storeu_ps(reinterpret_cast<float*>(panel + c * kPanel), r[c]);
     }
     for (; j < padded; ++j) {  // the last few keys, and zeros up to the panel's end
       const uint32_t* kj = reinterpret_cast<const uint32_t*>(k + j * k_row);
-      for (int c = 0; c < kPairs; ++c) sc->keys[j / kPanel * (kPanel * kPairs) + c * kPanel + j % kPanel] = j < nk ? kj[c] : 0u;
+      for (int c = 0; c < kPairs; ++c) sc->keys[panel_at<kPanel, kPairs>(c, j)] = j < nk ? kj[c] : 0u;
     }
     // Values: interleave rows j and j+1 lane by lane (a zero row pads odd nk).
     const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
@@ -290,14 +308,10 @@ struct Fp32Task : TaskBase<float> {
     sc->values.resize(nk * D);
     sc->logits.resize(kMaxRows * nk16);
     float* keys = reinterpret_cast<float*>(sc->keys.data());
-    // Key j, channel c at keys[j / 32 * 32 D + c * 32 + j % 32].
     int64_t j = 0;
     for (; j + 16 <= nk; j += 16) {
-      for (int64_t jj = j + 16; jj < std::min(j + 32, nk); ++jj) {  // the next rows, while these are transposed
-        prefetch_row<D>(k + jj * k_row);
-        prefetch_row<D>(v_ + jj * v_row_);
-      }
-      float* panel = keys + j / kPanel * (kPanel * D) + j % kPanel;
+      prefetch_key_value_rows<D>(k, k_row, v_, v_row_, j + 16, std::min(j + 32, nk));
+      float* panel = keys + panel_at<kPanel, D>(0, j);
       for (int c0 = 0; c0 < D; c0 += 16) {
         __m512 r[16];
         for (int i = 0; i < 16; ++i) r[i] = load_channels<D>(k + (j + i) * k_row + c0);
@@ -306,7 +320,7 @@ struct Fp32Task : TaskBase<float> {
       }
     }
     for (; j < padded; ++j)  // the last few keys, and zeros up to the panel's end
-      for (int c = 0; c < D; ++c) keys[j / kPanel * (kPanel * D) + c * kPanel + j % kPanel] = j < nk ? k[j * k_row + c] : 0.0f;
+      for (int c = 0; c < D; ++c) keys[panel_at<kPanel, D>(c, j)] = j < nk ? k[j * k_row + c] : 0.0f;
     float* values = reinterpret_cast<float*>(sc->values.data());
     for (int64_t jj = 0; jj < nk; ++jj)
       for (int u = 0; u < kVecs; ++u) store_channels<D>(values + jj * D + 16 * u, load_channels<D>(v_ + jj * v_row_ + 16 * u));
@@ -423,9 +437,6 @@ struct Avx2Task : TaskBase<float> {
   static constexpr int kMaxRows = 6;
   static constexpr int kPanel = 16;  // keys per key panel, channels per value panel
 
-  // Key j, channel c of the packed keys.
-  static int64_t key_at(int c, int64_t j) { return j / kPanel * (kPanel * D) + c * kPanel + j % kPanel; }
-
   AF2CPU_AVX2 void pack(const float* k, int64_t k_row, const float* v_, int64_t v_row_) {
     sc->keys.resize(nk16 * D);
     sc->values.resize(nk * D);
@@ -433,17 +444,13 @@ struct Avx2Task : TaskBase<float> {
     float* keys = reinterpret_cast<float*>(sc->keys.data());
     int64_t j = 0;
     for (; j + 8 <= nk; j += 8) {
-      // The next 8 rows of keys and values, asked for while these are transposed: in the engine they are
-      // strided views of the fused projection (rows 2 KiB apart). 2-4% of the kernel at 100-200 residues
-      // on a Zen 3 (gated, engine layout; A/B interleaved in one process).
-      for (int64_t jj = j + 8; jj < std::min(j + 16, nk); ++jj) {
-        prefetch_row<D>(k + jj * k_row);
-        prefetch_row<D>(v_ + jj * v_row_);
-      }
-      for (int c0 = 0; c0 < D; c0 += 8) transpose_8x8(k + j * k_row + c0, k_row, keys + key_at(c0, j), kPanel);
+      // The next 8 rows: 2-4% of the kernel at 100-200 residues on a Zen 3 (gated, engine layout; A/B
+      // interleaved in one process).
+      prefetch_key_value_rows<D>(k, k_row, v_, v_row_, j + 8, std::min(j + 16, nk));
+      for (int c0 = 0; c0 < D; c0 += 8) transpose_8x8(k + j * k_row + c0, k_row, keys + panel_at<kPanel, D>(c0, j), kPanel);
     }
     for (; j < nk16; ++j)  // the last few keys, and zeros up to the panel's end
-      for (int c = 0; c < D; ++c) keys[key_at(c, j)] = j < nk ? k[j * k_row + c] : 0.0f;
+      for (int c = 0; c < D; ++c) keys[panel_at<kPanel, D>(c, j)] = j < nk ? k[j * k_row + c] : 0.0f;
     float* values = reinterpret_cast<float*>(sc->values.data());
     for (int h0 = 0; h0 < D; h0 += kPanel)
       for (int64_t jj = 0; jj < nk; ++jj) {
